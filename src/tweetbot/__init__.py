@@ -1,0 +1,1 @@
+"""tweetbot: an account's posts in, a deployed text-generating bot out."""

@@ -1,0 +1,143 @@
+"""Typed `params.yaml` sections.
+
+Each stage reads only its own section (`load("train")`), so DVC re-runs a stage only when that section changes.
+A key that a section does not know, a value of the wrong type or outside its choices is a `UserError` that
+names the key and the fix: a typo in `dvc exp run -S train.rnn_sise=120` must not silently train the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from tweetbot.errors import UserError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+@dataclass(frozen=True)
+class FetchParams:
+    source: Literal["demo", "x_api", "archive", "file"] = "demo"
+    handle: str | None = None  # the account, for x_api (with or without the @)
+    path: str | None = None  # the archive (tweets.js, a folder of parts, or the .zip) or the file
+    include_retweets: bool = True
+    include_replies: bool = True
+    max_posts: int | None = None  # None: as many as the source gives (the X API caps at the newest 3,200)
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    val_fraction: float = 0.1
+    seed: int = 0
+    drop_retweets: bool = True
+    drop_replies: bool = False
+    links: Literal["keep", "drop", "token"] = "token"
+    mentions: Literal["keep", "drop", "token"] = "keep"
+    min_char_count: int = 3
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    model: Literal["lstm", "gru", "rnn"] = "lstm"
+    rnn_size: int = 128
+    num_layers: int = 2
+    seq_length: int = 64
+    batch_size: int = 64
+    learning_rate: float = 0.002
+    lr_decay: float = 0.97  # multiplied into the learning rate every `lr_decay_steps` steps
+    lr_decay_steps: int = 1000
+    grad_clip: float = 5.0
+    input_keep_prob: float = 1.0
+    output_keep_prob: float = 1.0
+    max_steps: int = 2000
+    time_budget_s: float | None = None  # stop at max_steps or after this many seconds, whichever is first
+    eval_every: int = 100
+    seed: int = 0
+    init_from: str | None = None  # a checkpoint to fine-tune from
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    min_improvement_bpc: float = 0.5
+
+
+SECTIONS: dict[str, type] = {
+    "fetch": FetchParams,
+    "preprocess": PreprocessParams,
+    "train": TrainParams,
+    "export": ExportParams,
+}
+
+
+def load(section: str, path: Path | str = PARAMS_FILE):
+    """Read one section of `params.yaml` into its dataclass; missing keys take their defaults."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} not found: run from the repository root, where params.yaml is")
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path} is not valid YAML{where}: fix the syntax") from None
+    if not isinstance(document, dict):
+        raise UserError(f"{path} must be a mapping of sections (fetch:, preprocess:, ...)")
+    unknown = sorted(set(document) - set(SECTIONS))
+    if unknown:
+        raise UserError(_unknown_message(f"{path}: unknown section", unknown[0], SECTIONS))
+    return from_mapping(section, document.get(section) or {})
+
+
+def from_mapping(section: str, values: dict[str, Any]):
+    """Build the dataclass of `section` from a mapping, checking every key and value."""
+    cls = SECTIONS[section]
+    if not isinstance(values, dict):
+        raise UserError(f"params.yaml: `{section}:` must be a mapping of keys to values")
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if key not in fields:
+            raise UserError(_unknown_message(f"params.yaml: unknown key `{section}.", key, fields, close="`"))
+        _check_type(f"{section}.{key}", value, hints[key])
+    return cls(**values)
+
+
+def _unknown_message(prefix: str, key: str, known, close: str = "") -> str:
+    suggestion = difflib.get_close_matches(key, list(known), n=1)
+    fix = f"did you mean `{suggestion[0]}`?" if suggestion else f"known: {', '.join(sorted(known))}"
+    return f"{prefix}{key}{close}: {fix}"
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if any(_matches(value, option) for option in allowed):
+        return
+    expected = " or ".join(_describe(option) for option in allowed)
+    raise UserError(f"params.yaml: `{name}` is {value!r}, expected {expected}: fix the value")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) is Literal:
+        return value in typing.get_args(hint)
+    if hint is float:  # YAML writes 1 for 1.0
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(hint)))
+    return hint.__name__
