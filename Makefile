@@ -4,7 +4,8 @@ SHELL := /bin/bash
 UV_VERSION := 0.13.9
 BIN := .venv/bin
 export DVC_NO_ANALYTICS := 1
-export PYTHONDONTWRITEBYTECODE := 1
+# Stage commands in dvc.yaml call `python`: the project venv must come first on PATH.
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
 .PHONY: help install demo test test-slow lint bench
 
