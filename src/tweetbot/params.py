@@ -91,7 +91,7 @@ def load(section: str, path: Path | str = PARAMS_FILE):
         raise UserError(f"{path} must be a mapping of sections (fetch:, preprocess:, ...)")
     unknown = sorted(set(document) - set(SECTIONS))
     if unknown:
-        raise UserError(_unknown_message(f"{path}: unknown section", unknown[0], SECTIONS))
+        raise UserError(_unknown_message(f"{path}: unknown section `", unknown[0], SECTIONS, close="`"))
     return from_mapping(section, document.get(section) or {})
 
 
