@@ -1,0 +1,232 @@
+"""The compiled, batched sampler: many requests, each with its own settings, in one `lax.scan`.
+
+    sampler = Sampler(model, variables, vocab)
+    sampler.warmup()                                    # compile every bucket once (a server: before ready)
+    texts = sampler.generate([SampleRequest(prime="Hello", temperature=0.8, seed=1), SampleRequest()])
+    for deltas in sampler.stream(requests):             # the same texts, a chunk of steps at a time
+        ...                                             # deltas[i]: what request i wrote since the last chunk
+
+How a row is generated. The model reads the sequence `EOS, prime..., sample...`: a post starts after an
+end-of-post symbol, as in training, where posts follow each other with EOS between them. Step `t` feeds the
+row's token `t` and yields token `t + 1`: while `t < len(prime)` that is the next prime character (teacher
+forcing), after that it is a sample. A row stops at EOS or after `max_length` samples and then emits only EOS.
+Rows with different primes and lengths therefore share one scan of `prime + length` steps.
+
+Sampling a step: temperature below `GREEDY_BELOW` is greedy (argmax); otherwise the logits are divided by the
+temperature, cut to the `top_k` most likely tokens (0: all) and then to the smallest set whose probability
+reaches `top_p` (1.0: all), and a token is drawn with the Gumbel-max trick. The noise for row r at step
+t comes from `fold_in(key(seed_r), t)`: a row's text depends only on its own request, never on its
+batch-mates, so a request gives the same text alone or batched, and one-shot or streamed.
+
+Shapes are bucketed so a server compiles a handful of programs once: the batch is padded to a power of two
+(`BATCH_BUCKETS`, larger request lists run in several batches), the steps to `PRIME_BUCKET` (only when some
+row has a prime) plus the smallest of `LENGTH_BUCKETS` that holds the longest `max_length`. Streaming runs
+`STREAM_CHUNK` steps per compiled call and keeps the recurrent state on the device between calls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tweetbot.errors import UserError
+from tweetbot.vocab import EOS, Vocab
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+LENGTH_BUCKETS = (64, 280, 1000)
+PRIME_BUCKET = 64  # the longest prime; a batch with any prime runs this many steps more
+STREAM_CHUNK = 32
+GREEDY_BELOW = 1e-4  # temperatures below this take the most likely token
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    prime: str = ""
+    temperature: float = 1.0
+    top_k: int = 0  # 0: no top-k cut
+    top_p: float = 1.0  # 1.0: no nucleus cut
+    max_length: int = 280
+    seed: int = 0
+
+
+def check(request: SampleRequest, vocab: Vocab) -> None:
+    """Raise a UserError naming what is wrong with `request` and how to fix it."""
+    unknown = vocab.unknown_chars(request.prime)
+    if unknown:
+        shown = " ".join(repr(c) for c in unknown)
+        raise UserError(f"the prime has characters the model does not know: {shown}; remove or replace them")
+    if len(request.prime) > PRIME_BUCKET:
+        raise UserError(f"the prime has {len(request.prime)} characters; use at most {PRIME_BUCKET}")
+    if not (math.isfinite(request.temperature) and request.temperature >= 0):
+        raise UserError(f"temperature {request.temperature} must be a number >= 0 (0 is greedy)")
+    if request.top_k < 0:
+        raise UserError(f"top_k {request.top_k} must be >= 0 (0 keeps every token)")
+    if not 0 < request.top_p <= 1:
+        raise UserError(f"top_p {request.top_p} must be in (0, 1] (1 keeps every token)")
+    if not 1 <= request.max_length <= LENGTH_BUCKETS[-1]:
+        raise UserError(f"max_length {request.max_length} must be between 1 and {LENGTH_BUCKETS[-1]}")
+    if not 0 <= request.seed <= MAX_SEED:
+        raise UserError(f"seed {request.seed} must be between 0 and {MAX_SEED}")
+
+
+def bucket(n: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds `n`."""
+    return next(b for b in buckets if b >= n)
+
+
+def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Keep each row's `top_k` largest logits (0: all), then its smallest set of probability >= `top_p`.
+
+    logits [B, V]; top_k [B] int; top_p [B] float. Dropped logits become -inf (ties at the cut are kept).
+    """
+    vocab_size = logits.shape[-1]
+    ranked = -jnp.sort(-logits, axis=-1)  # each row's logits, largest first
+    k = jnp.where((top_k > 0) & (top_k < vocab_size), top_k, vocab_size)
+    kth = jnp.take_along_axis(ranked, k[:, None] - 1, axis=-1)
+    ranked = jnp.where(ranked >= kth, ranked, -jnp.inf)
+    probs = jax.nn.softmax(ranked, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs  # probability of the tokens ranked above
+    kept = (mass_before < top_p[:, None]) & (ranked > -jnp.inf)
+    cut = jnp.min(jnp.where(kept, ranked, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits >= cut, logits, -jnp.inf)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Each row's settings as device arrays [B]."""
+
+    prime_len: jax.Array
+    max_length: jax.Array
+    temperature: jax.Array
+    top_k: jax.Array
+    top_p: jax.Array
+    seed: jax.Array
+
+
+jax.tree_util.register_dataclass(
+    _Rows, data_fields=["prime_len", "max_length", "temperature", "top_k", "top_p", "seed"], meta_fields=[]
+)
+
+
+class Sampler:
+    """Generates text for batches of `SampleRequest`s with a model and its variables (see the module doc)."""
+
+    def __init__(self, model, variables, vocab: Vocab):
+        if model.vocab_size != len(vocab):
+            raise ValueError(f"model has {model.vocab_size} tokens, vocabulary {len(vocab)}")
+        self.model = model
+        self.variables = variables
+        self.vocab = vocab
+        self._generate = jax.jit(self._generate_batch)
+        self._start = jax.jit(self._start_state, static_argnums=0)
+        self._chunk = jax.jit(self._run)
+
+    # --- the compiled parts -------------------------------------------------------------------------------
+
+    def _start_state(self, batch_size: int):
+        """Recurrent state, the first input token (EOS) and the per-row "finished" flags."""
+        tokens = jnp.full((batch_size,), EOS, jnp.int32)
+        return self.model.initial_carry(batch_size), tokens, jnp.zeros((batch_size,), bool)
+
+    def _run(self, variables, state, first_step, primes, rows: _Rows):
+        """Advance every row `primes.shape[1]` steps from `first_step`; return the state and the tokens."""
+
+        def step(state, inputs):
+            carry, token, finished = state
+            t, prime_token = inputs
+            logits, carry = self.model.apply(variables, token[:, None], carry, train=False)
+            logits = logits[:, 0]
+            noise = jax.vmap(
+                lambda seed: jax.random.gumbel(jax.random.fold_in(jax.random.key(seed), t), logits.shape[-1:])
+            )(rows.seed)
+            scaled = logits / jnp.maximum(rows.temperature, GREEDY_BELOW)[:, None]
+            sampled = jnp.argmax(filter_logits(scaled, rows.top_k, rows.top_p) + noise, axis=-1)
+            sampled = jnp.where(rows.temperature < GREEDY_BELOW, jnp.argmax(logits, axis=-1), sampled)
+            in_prime = t < rows.prime_len
+            finished |= ~in_prime & ((sampled == EOS) | (t - rows.prime_len >= rows.max_length))
+            token = jnp.where(finished, EOS, jnp.where(in_prime, prime_token, sampled)).astype(jnp.int32)
+            return (carry, token, finished), token
+
+        steps = first_step + jnp.arange(primes.shape[1], dtype=jnp.int32)
+        state, tokens = jax.lax.scan(step, state, (steps, primes.T))
+        return state, tokens.T
+
+    def _generate_batch(self, variables, primes, rows: _Rows):
+        state = self._start_state(primes.shape[0])
+        _, tokens = self._run(variables, state, jnp.int32(0), primes, rows)
+        return tokens
+
+    # --- the host side ------------------------------------------------------------------------------------
+
+    def _batch(self, requests: Sequence[SampleRequest], steps: int):
+        """Pad `requests` to their batch bucket; return the prime array [B, steps] and the rows' settings."""
+        size = bucket(len(requests), BATCH_BUCKETS)
+        padded = list(requests) + [SampleRequest(max_length=1)] * (size - len(requests))
+        primes = np.full((size, steps), EOS, np.int32)
+        for row, request in enumerate(padded):
+            primes[row, : len(request.prime)] = self.vocab.encode(request.prime)
+        rows = _Rows(
+            prime_len=np.array([len(r.prime) for r in padded], np.int32),
+            max_length=np.array([r.max_length for r in padded], np.int32),
+            temperature=np.array([r.temperature for r in padded], np.float32),
+            top_k=np.array([r.top_k for r in padded], np.int32),
+            top_p=np.array([r.top_p for r in padded], np.float32),
+            seed=np.array([r.seed for r in padded], np.uint32),
+        )
+        return primes, rows
+
+    def _steps(self, requests: Sequence[SampleRequest]) -> int:
+        prime = PRIME_BUCKET if any(r.prime for r in requests) else 0
+        return prime + bucket(max(r.max_length for r in requests), LENGTH_BUCKETS)
+
+    def _checked_batches(self, requests: Sequence[SampleRequest]) -> Iterator[Sequence[SampleRequest]]:
+        for request in requests:
+            check(request, self.vocab)
+        for start in range(0, len(requests), BATCH_BUCKETS[-1]):
+            yield requests[start : start + BATCH_BUCKETS[-1]]
+
+    def generate(self, requests: Sequence[SampleRequest]) -> list[str]:
+        """The text of each request (without its prime), in order."""
+        texts = []
+        for batch in self._checked_batches(requests):
+            primes, rows = self._batch(batch, self._steps(batch))
+            tokens = np.asarray(self._generate(self.variables, primes, rows))
+            texts += [self.vocab.decode(tokens[row, len(r.prime) :]) for row, r in enumerate(batch)]
+        return texts
+
+    def stream(self, requests: Sequence[SampleRequest]) -> Iterator[list[str]]:
+        """Yield, every `STREAM_CHUNK` steps, the new text of each request; joined, they equal `generate`.
+
+        Up to 64 requests (one batch); stops as soon as every row has finished.
+        """
+        if len(requests) > BATCH_BUCKETS[-1]:
+            raise UserError(f"stream at most {BATCH_BUCKETS[-1]} requests at once, not {len(requests)}")
+        (batch,) = self._checked_batches(requests)
+        steps = STREAM_CHUNK * math.ceil(max(len(r.prime) + r.max_length for r in batch) / STREAM_CHUNK)
+        primes, rows = self._batch(batch, steps)
+        state = self._start(primes.shape[0])
+        for first in range(0, steps, STREAM_CHUNK):
+            chunk = primes[:, first : first + STREAM_CHUNK]
+            state, tokens = self._chunk(self.variables, state, np.int32(first), chunk, rows)
+            tokens = np.asarray(tokens)
+            deltas = []
+            for row, request in enumerate(batch):
+                deltas.append(self.vocab.decode(tokens[row, max(len(request.prime) - first, 0) :]))
+            yield deltas
+            if all(np.asarray(state[2])[: len(batch)]):
+                return
+
+    def warmup(self, batch_sizes: Sequence[int] = BATCH_BUCKETS) -> None:
+        """Compile every bucket (one-shot and streaming) so no request waits for the compiler."""
+        some_char = self.vocab.chars[:1] and self.vocab.chars[0]
+        for size in batch_sizes:
+            for length in LENGTH_BUCKETS:
+                for prime in ("", some_char):
+                    self.generate([SampleRequest(prime=prime, max_length=length)] * size)
+            next(self.stream([SampleRequest()] * size))
