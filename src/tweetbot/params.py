@@ -68,11 +68,39 @@ class ExportParams:
     min_improvement_bpc: float = 0.5
 
 
+@dataclass(frozen=True)
+class DeployParams:
+    region: str | None = None  # None: the standard AWS chain (AWS_REGION, the profile's region)
+    name: str = "tweetbot"  # names the ECR repository, cluster, service, task family, log group and role
+    cpu: int = 1024  # Fargate CPU units (1024 = 1 vCPU)
+    memory: int = 2048  # MiB
+    port: int = 8080
+    desired_count: int = 1  # tasks when the service is created; autoscaling owns the count after that
+    min_tasks: int = 1
+    max_tasks: int = 4
+    cpu_target_percent: float = 70.0  # target tracking on the service's average CPU
+    subnets: list = dataclasses.field(default_factory=list)  # empty: the default VPC's default subnets
+    security_groups: list = dataclasses.field(default_factory=list)  # empty: a group opening only `port`
+    assign_public_ip: bool = True
+    target_group_arn: str | None = None  # a load balancer target group; the endpoint is then its DNS name
+    log_retention_days: int = 30
+    rollout_timeout_s: float = 900
+    environment: dict = dataclasses.field(default_factory=dict)  # non-secret variables for the container
+
+    def __post_init__(self):
+        if not self.min_tasks <= self.desired_count <= self.max_tasks:
+            raise UserError(
+                f"params.yaml: deploy.desired_count {self.desired_count} must lie between deploy.min_tasks "
+                f"{self.min_tasks} and deploy.max_tasks {self.max_tasks}: fix one of them"
+            )
+
+
 SECTIONS: dict[str, type] = {
     "fetch": FetchParams,
     "preprocess": PreprocessParams,
     "train": TrainParams,
     "export": ExportParams,
+    "deploy": DeployParams,
 }
 
 
