@@ -12,11 +12,12 @@ row's token `t` and yields token `t + 1`: while `t < len(prime)` that is the nex
 forcing), after that it is a sample. A row stops at EOS or after `max_length` samples and then emits only EOS.
 Rows with different primes and lengths therefore share one scan of `prime + length` steps.
 
-Sampling a step: temperature below `GREEDY_BELOW` is greedy (argmax); otherwise the logits are divided by the
-temperature, cut to the `top_k` most likely tokens (0: all) and then to the smallest set whose probability
-reaches `top_p` (1.0: all), and a token is drawn with the Gumbel-max trick. The noise for row r at step
-t comes from `fold_in(key(seed_r), t)`: a row's text depends only on its own request, never on its
-batch-mates, so a request gives the same text alone or batched, and one-shot or streamed.
+Sampling a step: the unknown-character symbol (UNK) is never drawn. A temperature below `GREEDY_BELOW` is
+greedy (argmax); otherwise the logits are divided by the temperature, cut to the `top_k` most likely tokens
+(0: all) and then to the smallest set whose probability reaches `top_p` (1.0: all), and a token is drawn with
+the Gumbel-max trick. The noise for row r at step t comes from `fold_in(key(seed_r), t)`: a row's text depends
+only on its own request, never on its batch-mates, so a request gives the same text alone or batched, and
+one-shot or streamed.
 
 Shapes are bucketed so a server compiles a handful of programs once: the batch is padded to a power of two
 (`BATCH_BUCKETS`, larger request lists run in several batches), the steps to `PRIME_BUCKET` (only when some
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tweetbot.errors import UserError
-from tweetbot.vocab import EOS, Vocab
+from tweetbot.vocab import EOS, UNK, Vocab
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 LENGTH_BUCKETS = (64, 280, 1000)
@@ -141,7 +142,7 @@ class Sampler:
             carry, token, finished = state
             t, prime_token = inputs
             logits, carry = self.model.apply(variables, token[:, None], carry, train=False)
-            logits = logits[:, 0]
+            logits = logits[:, 0].at[:, UNK].set(-jnp.inf)  # a rare character's stand-in is never written
             noise = jax.vmap(
                 lambda seed: jax.random.gumbel(jax.random.fold_in(jax.random.key(seed), t), logits.shape[-1:])
             )(rows.seed)
