@@ -44,6 +44,62 @@ def preprocess(
     corpus.run(params.load("preprocess"), raw, out)
 
 
+@app.command()
+def train(
+    data: Path = typer.Option(PROCESSED, help="the folder of train.npy, val.npy and vocab.json"),
+    checkpoints: Path = typer.Option(Path("models/checkpoints"), help="the folder for best and last checkpoints"),
+    live: Path = typer.Option(Path("dvclive"), help="DVCLive's folder for metrics and loss curves"),
+) -> None:
+    """Train the character RNN of params.yaml `train:`; a killed run resumes from its last checkpoint."""
+    from tweetbot import params
+    from tweetbot import train as training
+
+    training.run(params.load("train"), data, checkpoints, live)
+
+
+@app.command()
+def summary(processed: Path = typer.Option(PROCESSED, help="the folder preprocess wrote")) -> None:
+    """Print what the pipeline has produced so far: the data (later stages add their own sections)."""
+    from tweetbot import corpus
+
+    if not (processed / corpus.STATS_FILE).exists():
+        raise UserError(f"{processed} holds no processed data yet: run `dvc repro` first")
+    sections = [corpus.summary(processed)]  # each later stage appends its section here
+    typer.echo("\n\n".join(sections))
+
+
+@app.command()
+def deploy(
+    plan: bool = typer.Option(False, "--plan", help="print what would change and change nothing"),
+    layout: Path = typer.Option(Path("build/image"), help="the image as an OCI layout"),
+    image: Path = typer.Option(Path("build/image.json"), help="the image record"),
+    out: Path = typer.Option(Path("build/deploy.json"), help="the deployment record to write"),
+) -> None:
+    """Push the image to ECR and roll it out on ECS Fargate (params.yaml `deploy:`); `dvc repro` runs this."""
+    from deploy import run
+    from tweetbot import params
+
+    run.deploy(params.load("deploy"), layout, image, out, apply=not plan)
+
+
+@app.command()
+def destroy(
+    yes: bool = typer.Option(False, "--yes", help="do not ask first (CI)"),
+    out: Path = typer.Option(Path("build/deploy.json"), help="the deployment record, removed too"),
+) -> None:
+    """Remove everything `deploy` created: service, autoscaling, task definitions, cluster, role, logs, images."""
+    from deploy import run
+    from tweetbot import params
+
+    settings = params.load("deploy")
+    if not run.destroy(settings, out, apply=False):
+        typer.echo("nothing to remove")
+        return
+    if not yes and not typer.confirm("Remove all of the above?", default=False):
+        raise typer.Exit(1)
+    run.destroy(settings, out)
+
+
 def main() -> None:
     exit_on_user_error(app)()
 

@@ -1,0 +1,209 @@
+"""The preprocess stage: fetched posts in, encoded train/val arrays, a vocabulary and statistics out.
+
+Cleaning, in this order, for each post's text:
+
+1. HTML entities are unescaped until none are left (`&amp;amp;` -> `&amp;` -> `&`): X escapes `&`, `<`, `>`
+   in every text it serves, and some clients escaped them twice.
+2. Unicode is normalised to NFC (one code point for "é" however it was typed); emoji stay as characters.
+3. Links (`https://...`, `http://...`, bare `t.co/...`) and mentions (`@handle`) are kept, dropped, or each
+   replaced by ONE private-use character, `LINK` (U+E000) or `MENTION` (U+E001), per params. A token is one
+   symbol for the model, so it learns where a link goes, not the ten random characters of a t.co address;
+   `render` turns tokens back into "https://t.co/…" and "@user" for people to read. Private-use characters
+   already in a text are removed first, so a token always means what it says.
+4. Whitespace: runs of spaces and tabs become one space, runs of line breaks (with any blank lines) become
+   one newline, and the ends are trimmed.
+
+Then posts are dropped, and counted, in this order: retweets and replies (per params, from the post's flags),
+posts left empty, and exact duplicates of an earlier post's cleaned text (the oldest copy is kept, so fetching
+newer posts never changes which copy stays).
+
+The train/val split is by post and depends only on the seed and the post id (a sha256 hash), so fetching more
+posts later never moves an old post from one split to the other. The vocabulary comes from the train split:
+characters seen fewer than `min_char_count` times there map to UNK. Each split is encoded oldest post first,
+each post followed by EOS, into one 1-D uint16 array.
+
+Outputs in the output folder: `train.npy`, `val.npy`, `vocab.json`, and `stats.json` (DVC metrics; character
+counts exclude the EOS symbols, so an array holds `chars + posts` ids).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import re
+import unicodedata
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from tweetbot.errors import UserError
+from tweetbot.params import PreprocessParams
+from tweetbot.posts import Post, read_posts
+from tweetbot.vocab import EOS, UNK, Vocab
+
+LINK = "\ue000"
+MENTION = "\ue001"
+RENDERED = {LINK: "https://t.co/…", MENTION: "@user"}
+
+# A link runs to the next space but leaves trailing punctuation to the sentence ("see https://nasa.gov.").
+LINK_PATTERN = re.compile(r"(?:https?://|\bt\.co/)(?:\S*[^\s.,;:!?)\]}'\"’”])?")
+MENTION_PATTERN = re.compile(r"(?<![\w@])@[A-Za-z0-9_]+")  # not the @ of an e-mail address
+PRIVATE_USE = re.compile("[\ue000-\uf8ff]")
+SPACES = re.compile(r"[^\S\n]+")  # whitespace other than the line break
+LINE_BREAKS = re.compile(r" ?\n\s*")  # a line break, the space before it, and all whitespace after it
+
+STATS_FILE = "stats.json"
+DROP_REASONS = ("retweets", "replies", "empty", "duplicates")
+
+
+def clean_text(text: str, links: str = "keep", mentions: str = "keep") -> str:
+    """The text as the model will see it; `links` and `mentions` are "keep", "drop" or "token"."""
+    while (unescaped := html.unescape(text)) != text:
+        text = unescaped
+    text = PRIVATE_USE.sub("", unicodedata.normalize("NFC", text))
+    text = _replace(LINK_PATTERN, text, links, LINK)
+    text = _replace(MENTION_PATTERN, text, mentions, MENTION)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return LINE_BREAKS.sub("\n", SPACES.sub(" ", text)).strip()
+
+
+def _replace(pattern: re.Pattern, text: str, mode: str, token: str) -> str:
+    if mode == "keep":
+        return text
+    return pattern.sub({"drop": "", "token": token}[mode], text)
+
+
+def render(text: str) -> str:
+    """The text for people to read: link and mention tokens become "https://t.co/…" and "@user"."""
+    for token, shown in RENDERED.items():
+        text = text.replace(token, shown)
+    return text
+
+
+def clean_posts(posts: Iterable[Post], params: PreprocessParams) -> tuple[dict[str, str], dict[str, int]]:
+    """The cleaned texts by post id, oldest first, and how many posts each filter dropped."""
+    texts: dict[str, str] = {}
+    seen: set[str] = set()
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    for post in sorted(posts, key=lambda post: (post.created_at, int(post.id))):
+        text = clean_text(post.text, params.links, params.mentions)
+        if params.drop_retweets and post.is_retweet:
+            dropped["retweets"] += 1
+        elif params.drop_replies and post.is_reply:
+            dropped["replies"] += 1
+        elif not text:
+            dropped["empty"] += 1
+        elif text in seen:
+            dropped["duplicates"] += 1
+        else:
+            seen.add(text)
+            texts[post.id] = text
+    return texts, dropped
+
+
+def is_val(post_id: str, seed: int, val_fraction: float) -> bool:
+    """Whether the post goes to the validation split: a function of the seed and the id alone."""
+    digest = hashlib.sha256(f"{seed}:{post_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < val_fraction * 2**64
+
+
+def split(texts: dict[str, str], seed: int, val_fraction: float) -> tuple[dict[str, str], dict[str, str]]:
+    """The train and val parts of `texts` (by post id), each in the order of `texts`."""
+    train, val = {}, {}
+    for post_id, text in texts.items():
+        (val if is_val(post_id, seed, val_fraction) else train)[post_id] = text
+    return train, val
+
+
+def encode(texts: Iterable[str], vocab: Vocab) -> np.ndarray:
+    """The texts as one uint16 array of ids, each text followed by EOS."""
+    if len(vocab) > np.iinfo(np.uint16).max + 1:
+        raise UserError(f"{len(vocab)} symbols do not fit uint16 ids: raise preprocess.min_char_count")
+    eos = np.array([EOS], dtype=np.int32)
+    parts = [part for text in texts for part in (vocab.encode(text), eos)]
+    return np.concatenate(parts).astype(np.uint16) if parts else np.zeros(0, dtype=np.uint16)
+
+
+def run(params: PreprocessParams, raw_path: Path, out_dir: Path) -> dict:
+    """Clean, split, build the vocabulary, encode, and write everything to `out_dir`; returns the stats."""
+    posts = read_posts(raw_path)
+    texts, dropped = clean_posts(posts, params)
+    if not texts:
+        raise UserError(_nothing_left_message(raw_path, len(posts), dropped))
+    train, val = split(texts, params.seed, params.val_fraction)
+    if not train or not val:
+        empty = "val" if not val else "train"
+        raise UserError(_empty_split_message(len(texts), params.val_fraction, empty))
+    vocab = Vocab.build(train.values(), min_count=params.min_char_count)
+    train_ids, val_ids = encode(train.values(), vocab), encode(val.values(), vocab)
+
+    val_chars = len(val_ids) - len(val)
+    stats = {
+        "posts_in": len(posts),
+        "posts_kept": len(texts),
+        **{f"dropped_{reason}": count for reason, count in dropped.items()},
+        "train_posts": len(train),
+        "val_posts": len(val),
+        "train_chars": len(train_ids) - len(train),
+        "val_chars": val_chars,
+        "vocab_size": len(vocab),
+        "val_unk_rate": round(int(np.count_nonzero(val_ids == UNK)) / val_chars, 6),
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.save(out_dir / "train.npy", train_ids)
+    np.save(out_dir / "val.npy", val_ids)
+    vocab.save(out_dir / "vocab.json")
+    (out_dir / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+    print(
+        f"preprocess: kept {len(texts):,} of {len(posts):,} posts; {len(train):,} train, {len(val):,} val;"
+        f" vocabulary {len(vocab)}; unknown rate on val {stats['val_unk_rate']:.2%}"
+    )
+    return stats
+
+
+def decode_posts(ids: np.ndarray, vocab: Vocab) -> list[str]:
+    """The posts of an encoded split, in order (the inverse of `encode`, with UNK shown as U+FFFD)."""
+    ends = np.flatnonzero(ids == EOS)
+    starts = np.concatenate([[0], ends + 1])[:-1]
+    return [vocab.decode(ids[start:end]) for start, end in zip(starts, ends, strict=True)]
+
+
+def summary(out_dir: Path, examples: int = 2) -> str:
+    """A few readable lines about the processed data, for `tweetbot summary`: counts and the newest posts."""
+    out_dir = Path(out_dir)
+    stats = json.loads((out_dir / STATS_FILE).read_text())
+    newest = decode_posts(np.load(out_dir / "train.npy"), Vocab.load(out_dir / "vocab.json"))[-examples:]
+    dropped = ", ".join(f"{stats[f'dropped_{reason}']:,} {reason}" for reason in DROP_REASONS)
+    lines = [
+        f"Data ({out_dir})",
+        f"  posts:      {stats['posts_kept']:,} kept of {stats['posts_in']:,} (dropped: {dropped})",
+        f"  split:      {stats['train_posts']:,} train posts ({stats['train_chars']:,} characters),"
+        f" {stats['val_posts']:,} val posts ({stats['val_chars']:,} characters)",
+        f"  vocabulary: {stats['vocab_size']} symbols; val characters {stats['val_unk_rate']:.2%} unknown",
+        "  newest training posts, cleaned:",
+        *("    > " + render(text).replace("\n", "\n      ") for text in newest),
+    ]
+    return "\n".join(lines)
+
+
+def _nothing_left_message(raw_path: Path, posts_in: int, dropped: dict[str, int]) -> str:
+    if posts_in == 0:
+        return f"{raw_path} holds no posts: check the fetch source in params.yaml and run `dvc repro fetch`"
+    reasons = ", ".join(f"{count} {reason}" for reason, count in dropped.items() if count)
+    return (
+        f"no post of {posts_in} survived preprocessing ({reasons} dropped):"
+        " set preprocess.drop_retweets / drop_replies to false in params.yaml, or fetch more posts"
+    )
+
+
+def _empty_split_message(posts_kept: int, val_fraction: float, empty: str) -> str:
+    if not 0 < val_fraction < 1:
+        return f"preprocess.val_fraction is {val_fraction}: set it between 0 and 1 (e.g. 0.1) in params.yaml"
+    fix = "raise" if empty == "val" else "lower"
+    return (
+        f"the {empty} split is empty ({posts_kept} posts kept, preprocess.val_fraction {val_fraction}):"
+        f" fetch more posts or {fix} preprocess.val_fraction in params.yaml"
+    )
