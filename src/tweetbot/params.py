@@ -69,6 +69,14 @@ class ExportParams:
 
 
 @dataclass(frozen=True)
+class ImageParams:
+    name: str = "tweetbot"  # the local image is name:tag; the tag is a hash of what goes into it
+    builder: Literal["auto", "docker", "podman", "buildah"] = "auto"  # auto: the first that works here
+    platform: Literal["linux/amd64", "linux/arm64"] = "linux/amd64"
+    base_image: str = "python:3.11-slim"  # any image with Python 3.11 at `python3`
+
+
+@dataclass(frozen=True)
 class DeployParams:
     region: str | None = None  # None: the standard AWS chain (AWS_REGION, the profile's region)
     name: str = "tweetbot"  # names the ECR repository, cluster, service, task family, log group and role
@@ -100,6 +108,7 @@ SECTIONS: dict[str, type] = {
     "preprocess": PreprocessParams,
     "train": TrainParams,
     "export": ExportParams,
+    "image": ImageParams,
     "deploy": DeployParams,
 }
 
