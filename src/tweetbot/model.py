@@ -6,6 +6,15 @@ Contract used by training, the sampler and the service:
     carry = model.initial_carry(batch_size)   # zeros; a pytree, one entry per layer
 Dropout follows char-rnn-tensorflow: `input_keep_prob` on each layer's input, `output_keep_prob` on each
 layer's output, only when `train=True` (needs a "dropout" rng).
+
+Why it is not `nn.RNN(OptimizedLSTMCell)`: on a CPU that runs at half the speed of PyTorch's `nn.LSTM`. Three
+things make it fast (benchmarks/train_speed.py measures them):
+- each layer's input projection `x @ W_x` is one matmul over the whole sequence, outside the time loop, so the
+  loop holds only the small recurrent matmul `h @ W_h` and element-wise gate arithmetic;
+- the LSTM recurrence has a hand-written backward pass (`jax.custom_vjp`): the reverse loop holds one matmul
+  per step and the weight gradient `sum_t h_{t-1}^T dz_t` is one big matmul after it, where autodiff would
+  accumulate it step by step inside the loop;
+- the loops run time-major, so every step reads one contiguous [B, H] slab.
 """
 
 from __future__ import annotations
@@ -16,14 +25,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-CELLS = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell, "rnn": nn.SimpleCell}
+Cell = Literal["lstm", "gru", "rnn"]
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # how many [H]-wide blocks the input projection has
 
 
 class CharRNN(nn.Module):
     vocab_size: int
     rnn_size: int = 128
     num_layers: int = 2
-    cell: Literal["lstm", "gru", "rnn"] = "lstm"
+    cell: Cell = "lstm"
     input_keep_prob: float = 1.0
     output_keep_prob: float = 1.0
 
@@ -35,13 +45,115 @@ class CharRNN(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: jax.Array, carry, train: bool = False):
-        x = nn.Embed(self.vocab_size, self.rnn_size, name="embed")(tokens)
+        hidden, gates = self.rnn_size, GATES[self.cell]
+        x = nn.Embed(self.vocab_size, hidden, name="embed")(tokens.T)  # time-major: [T, B, H]
         new_carry = []
         for layer in range(self.num_layers):
             x = nn.Dropout(1.0 - self.input_keep_prob, deterministic=not train)(x)
-            rnn = nn.RNN(CELLS[self.cell](self.rnn_size), return_carry=True, name=f"rnn_{layer}")
-            layer_carry, x = rnn(x, initial_carry=carry[layer])
+            # Biases live in the input projection (one add per sequence, not per step).
+            x_proj = nn.Dense(gates * hidden, name=f"x_proj_{layer}")(x)
+            w_h = self.param(f"w_h_{layer}", nn.initializers.orthogonal(), (hidden, gates * hidden))
+            if self.cell == "lstm":
+                layer_carry, x = lstm(x_proj, w_h, carry[layer])
+            elif self.cell == "gru":
+                b_hn = self.param(f"b_hn_{layer}", nn.initializers.zeros_init(), (hidden,))
+                layer_carry, x = gru(x_proj, w_h, b_hn, carry[layer])
+            else:
+                layer_carry, x = simple_rnn(x_proj, w_h, carry[layer])
             x = nn.Dropout(1.0 - self.output_keep_prob, deterministic=not train)(x)
             new_carry.append(layer_carry)
         logits = nn.Dense(self.vocab_size, name="head")(x)
-        return logits.astype(jnp.float32), tuple(new_carry)
+        return logits.swapaxes(0, 1), tuple(new_carry)
+
+
+# The recurrences. Each takes the projected inputs [T, B, G*H] and the recurrent weights [H, G*H] and returns
+# (final carry, outputs [T, B, H]).
+
+
+def _lstm_gates(z):
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+
+
+def _lstm_forward(x_proj, w_h, carry):
+    def step(carry, z_x):
+        c, h = carry
+        i, f, g, o = _lstm_gates(z_x + h @ w_h)
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        return (c, h), (h, c, jnp.concatenate([i, f, g, o], axis=-1))
+
+    final, (hs, cs, acts) = jax.lax.scan(step, carry, x_proj)
+    return final, hs, cs, acts
+
+
+@jax.custom_vjp
+def lstm(x_proj, w_h, carry):
+    """LSTM over time: carry (c, h) each [B, H]; gates in order i, f, g, o, forget bias in x_proj."""
+    final, hs, _, _ = _lstm_forward(x_proj, w_h, carry)
+    return final, hs
+
+
+def _lstm_fwd(x_proj, w_h, carry):
+    final, hs, cs, acts = _lstm_forward(x_proj, w_h, carry)
+    c0, h0 = carry
+    c_prev = jnp.concatenate([c0[None], cs[:-1]])
+    h_prev = jnp.concatenate([h0[None], hs[:-1]])
+    return (final, hs), (w_h, c_prev, h_prev, cs, acts)
+
+
+def _lstm_bwd(residuals, cotangents):
+    w_h, c_prev, h_prev, cs, acts = residuals
+    (dc_last, dh_last), dhs = cotangents
+    w_h_t = w_h.T
+
+    def step(carry, inputs):
+        dc_next, dh_next = carry
+        dh_out, c_before, c, act = inputs
+        i, f, g, o = jnp.split(act, 4, axis=-1)
+        dh = dh_out + dh_next
+        tanh_c = jnp.tanh(c)
+        dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
+        dz = jnp.concatenate(
+            [
+                dc * g * i * (1 - i),
+                dc * c_before * f * (1 - f),
+                dc * i * (1 - g * g),
+                dh * tanh_c * o * (1 - o),
+            ],
+            axis=-1,
+        )
+        return (dc * f, dz @ w_h_t), dz
+
+    (dc0, dh0), dz = jax.lax.scan(step, (dc_last, dh_last), (dhs, c_prev, cs, acts), reverse=True)
+    # The weight gradient summed over every step as one matmul, outside the loop.
+    dw_h = jnp.einsum("tbh,tbg->hg", h_prev, dz)
+    return dz, dw_h, (dc0, dh0)
+
+
+lstm.defvjp(_lstm_fwd, _lstm_bwd)
+
+
+def gru(x_proj, w_h, b_hn, h):
+    """GRU over time (gates r, z, n as in flax.linen.GRUCell); autodiff is fast enough for this option."""
+
+    def step(h, z_x):
+        x_r, x_z, x_n = jnp.split(z_x, 3, axis=-1)
+        h_r, h_z, h_n = jnp.split(h @ w_h, 3, axis=-1)
+        r = jax.nn.sigmoid(x_r + h_r)
+        z = jax.nn.sigmoid(x_z + h_z)
+        n = jnp.tanh(x_n + r * (h_n + b_hn))
+        h = (1 - z) * n + z * h
+        return h, h
+
+    return jax.lax.scan(step, h, x_proj)
+
+
+def simple_rnn(x_proj, w_h, h):
+    """Vanilla tanh RNN over time."""
+
+    def step(h, z_x):
+        h = jnp.tanh(z_x + h @ w_h)
+        return h, h
+
+    return jax.lax.scan(step, h, x_proj)

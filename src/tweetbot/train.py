@@ -1,0 +1,311 @@
+"""Training: the jitted train step, evaluation, checkpoints, resume, and the loop that ties them together.
+
+    run(params, data_dir, checkpoint_dir, live_dir)
+
+reads `train.npy`, `val.npy` and `vocab.json` from `data_dir`, trains the CharRNN that `params` (the `train:`
+section) describes with truncated back-propagation through time (see input_pipeline), evaluates on the
+validation split every `eval_every` steps, keeps `best.msgpack` and `last.msgpack` in `checkpoint_dir`
+(see checkpoint), and logs metrics and loss curves with DVCLive into `live_dir`. If `last.msgpack` exists and
+was written with the same params (the stopping rules `max_steps` and `time_budget_s` may differ, so a run can
+be extended), training resumes from it and ends exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training.train_state import TrainState
+from tqdm import tqdm
+
+from tweetbot import checkpoint
+from tweetbot.errors import UserError
+from tweetbot.input_pipeline import Lanes, eval_lanes
+from tweetbot.model import CharRNN
+from tweetbot.params import TrainParams
+from tweetbot.vocab import Vocab
+
+STOPPING_RULES = ("max_steps", "time_budget_s")  # may change between a run and its resumption
+LN2 = math.log(2)
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite: the run stops instead of saving garbage."""
+
+
+def build_model(params: TrainParams, vocab_size: int) -> CharRNN:
+    return CharRNN(
+        vocab_size=vocab_size,
+        rnn_size=params.rnn_size,
+        num_layers=params.num_layers,
+        cell=params.model,
+        input_keep_prob=params.input_keep_prob,
+        output_keep_prob=params.output_keep_prob,
+    )
+
+
+def make_optimizer(params: TrainParams) -> optax.GradientTransformation:
+    """Adam with global-norm clipping; the learning rate is multiplied by lr_decay every lr_decay_steps."""
+    schedule = optax.exponential_decay(
+        params.learning_rate, params.lr_decay_steps, params.lr_decay, staircase=True
+    )
+    return optax.chain(optax.clip_by_global_norm(params.grad_clip), optax.adam(schedule))
+
+
+def create_state(model: CharRNN, params: TrainParams, seed: int) -> TrainState:
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    variables = model.init(jax.random.key(seed), tokens, model.initial_carry(1))
+    state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=make_optimizer(params))
+    return state.replace(step=jnp.asarray(0, jnp.int32))  # an array, as every later step is
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean loss in nats per character."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+def make_train_step(model: CharRNN, seed: int):
+    """One jitted function: forward, loss, gradients, clipping, optimizer update.
+
+    `train_step(state, carry, inputs, targets) -> (state, carry, loss)`; the carry returned is the recurrent
+    state at the end of the window (no gradient flows through it into the next window: truncated BPTT).
+    """
+    dropout_base = jax.random.key(seed + 1)
+
+    def train_step(state: TrainState, carry, inputs, targets):
+        dropout_key = jax.random.fold_in(
+            dropout_base, state.step
+        )  # same key for the same step, on resume too
+
+        def loss_fn(params):
+            logits, new_carry = state.apply_fn(
+                {"params": params}, inputs, carry, train=True, rngs={"dropout": dropout_key}
+            )
+            return cross_entropy(logits, targets), new_carry
+
+        (loss, new_carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return state.apply_gradients(grads=grads), new_carry, loss
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_evaluate(model: CharRNN):
+    """`evaluate(params, inputs, targets) -> mean loss (nats/char)` over stacked windows [W, B, T], carrying
+    the state from window to window as training does."""
+
+    def evaluate(params, inputs, targets):
+        def window(carry, batch):
+            logits, carry = model.apply({"params": params}, batch[0], carry, train=False)
+            return carry, cross_entropy(logits, batch[1])
+
+        _, losses = jax.lax.scan(window, model.initial_carry(inputs.shape[1]), (inputs, targets))
+        return losses.mean()
+
+    return jax.jit(evaluate)
+
+
+def load_split(data_dir: Path, name: str) -> np.ndarray:
+    path = Path(data_dir) / f"{name}.npy"
+    if not path.is_file():
+        raise UserError(f"{path} not found: run the preprocess stage first (`dvc repro preprocess`)")
+    return np.load(path).astype(np.int32)
+
+
+def run(params: TrainParams, data_dir: Path, checkpoint_dir: Path, live_dir: Path) -> dict:
+    """Train as `params` says; returns the final metrics."""
+    from dvclive import Live  # the pipeline's dependency, not the service's
+
+    data_dir, checkpoint_dir = Path(data_dir), Path(checkpoint_dir)
+    vocab_size = len(Vocab.load(data_dir / "vocab.json"))
+    train_lanes = Lanes(load_split(data_dir, "train"), params.batch_size, params.seq_length)
+    val_inputs, val_targets = eval_lanes(
+        load_split(data_dir, "val"), params.batch_size, params.seq_length
+    ).all_windows()
+
+    model = build_model(params, vocab_size)
+    state = create_state(model, params, params.seed)
+    carry = model.initial_carry(params.batch_size)
+    meta = {"step": 0, "best_val_loss": math.inf, "chars_seen": 0, "train_seconds": 0.0}
+    if params.init_from:
+        state = state.replace(params=_fine_tune_start(Path(params.init_from), state.params))
+
+    data_hash = _fingerprint(data_dir)
+    meta["data_hash"] = data_hash
+    last_path = checkpoint_dir / checkpoint.LAST
+    resumed = _resumable(last_path, params, data_hash)
+    if resumed:
+        state, carry, meta = _resume(resumed, state, carry)
+        print(f"resuming from {last_path} at step {meta['step']}", flush=True)
+    else:  # checkpoints of another run must not pass for this one's
+        for name in (checkpoint.BEST, checkpoint.LAST):
+            (checkpoint_dir / name).unlink(missing_ok=True)
+
+    train_step = make_train_step(model, params.seed)
+    evaluate = make_evaluate(model)
+    with Live(str(live_dir), resume=bool(resumed), dvcyaml=None, save_dvc_exp=False) as live:
+        if resumed:
+            _drop_rows_after(Path(live_dir), meta["step"])
+        return _loop(
+            params,
+            model,
+            state,
+            carry,
+            meta,
+            train_lanes,
+            (val_inputs, val_targets),
+            train_step,
+            evaluate,
+            checkpoint_dir,
+            live,
+            vocab_size,
+        )
+
+
+def _loop(
+    params, model, state, carry, meta, lanes, val, train_step, evaluate, checkpoint_dir, live, vocab_size
+):
+    step = meta["step"]
+    window_chars = lanes.chars_per_window
+    # Compile before the clock starts, so chars/s measures training, not XLA.
+    inputs, targets = lanes.window(step)
+    train_step = train_step.lower(state, carry, inputs, targets).compile()
+    evaluate = evaluate.lower(state.params, *val).compile()
+    losses: list[jax.Array] = []
+    val_loss = meta.get("val_loss", math.nan)
+    chars_per_second = meta.get("chars_per_second", 0.0)
+    interval_start, interval_chars = time.perf_counter(), 0
+    bar = tqdm(total=params.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    while step < params.max_steps and not _out_of_time(params, meta, interval_start):
+        k = step % lanes.windows_per_epoch
+        if k == 0:
+            carry = model.initial_carry(lanes.lanes)  # a new epoch starts from a clean state
+        inputs, targets = lanes.window(k)
+        state, carry, loss = train_step(state, carry, inputs, targets)
+        losses.append(loss)
+        step += 1
+        interval_chars += window_chars
+        bar.update(1)
+        last = step >= params.max_steps or _out_of_time(params, meta, interval_start)
+        if step % params.eval_every and not last:
+            continue
+        # Every eval_every steps: account the time, score the validation split, checkpoint, log.
+        train_loss = float(jnp.mean(jnp.stack(losses)))
+        elapsed = time.perf_counter() - interval_start
+        meta["train_seconds"] += elapsed
+        meta["chars_seen"] += interval_chars
+        chars_per_second = interval_chars / elapsed
+        val_loss = float(evaluate(state.params, *val))
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            raise NonFiniteLoss(
+                f"the loss became {val_loss if math.isfinite(train_loss) else train_loss} by step {step}: "
+                "lower learning_rate or grad_clip (the checkpoints keep the last finite state)"
+            )
+        meta.update(step=step, train_loss=train_loss, val_loss=val_loss, val_bpc=val_loss / LN2)
+        meta["chars_per_second"] = chars_per_second
+        best = val_loss < meta["best_val_loss"]
+        if best:
+            meta["best_val_loss"] = val_loss
+        _save(checkpoint_dir, params, model, vocab_size, meta, state, carry, best)
+        live.step = step
+        live.log_metric("train_loss", train_loss)
+        live.log_metric("val_loss", val_loss)
+        live.log_metric("val_bpc", val_loss / LN2)
+        live.log_metric("steps", step, plot=False)
+        live.log_metric("chars_per_second", round(chars_per_second), plot=False)
+        live.next_step()
+        bar.set_postfix(
+            train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", chars_s=f"{chars_per_second:,.0f}"
+        )
+        losses.clear()
+        interval_start, interval_chars = time.perf_counter(), 0
+    bar.close()
+    return {
+        k: meta[k]
+        for k in ("step", "train_loss", "val_loss", "val_bpc", "best_val_loss", "train_seconds")
+        if k in meta
+    }
+
+
+def _out_of_time(params: TrainParams, meta: dict, interval_start: float) -> bool:
+    if params.time_budget_s is None:
+        return False
+    return meta["train_seconds"] + time.perf_counter() - interval_start >= params.time_budget_s
+
+
+def _save(checkpoint_dir, params, model, vocab_size, meta, state, carry, best: bool) -> None:
+    fields = {
+        f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in ("parent", "name")
+    }
+    full_meta = {
+        **meta,
+        "model": fields,
+        "train_params": dataclasses.asdict(params),
+        "vocab_size": vocab_size,
+    }
+    checkpoint.save(checkpoint_dir / checkpoint.LAST, full_meta, state.params, state.opt_state, carry)
+    if best:
+        checkpoint.save(checkpoint_dir / checkpoint.BEST, full_meta, state.params)
+
+
+def _fingerprint(data_dir: Path) -> str:
+    """A hash of the data trained on: new posts mean a new run, not the resumption of an old one."""
+    digest = hashlib.sha256()
+    for name in ("train.npy", "val.npy", "vocab.json"):
+        digest.update((data_dir / name).read_bytes())
+    return digest.hexdigest()
+
+
+def _resumable(last_path: Path, params: TrainParams, data_hash: str) -> dict | None:
+    """The `last` checkpoint's record if it continues this very run (same params and data), else None."""
+    if not last_path.is_file():
+        return None
+    record = checkpoint.read(last_path)
+    saved = record["meta"]
+    same = {k: v for k, v in dataclasses.asdict(params).items() if k not in STOPPING_RULES}
+    before = {k: v for k, v in saved["train_params"].items() if k not in STOPPING_RULES}
+    if same != before or saved.get("data_hash") != data_hash:
+        return None
+    return record
+
+
+def _resume(record: dict, state: TrainState, carry):
+    meta = {
+        k: v for k, v in record["meta"].items() if k not in ("model", "train_params", "vocab_size", "format")
+    }
+    state = state.replace(
+        step=jnp.asarray(meta["step"], jnp.int32),
+        params=checkpoint.restore(state.params, record["params"]),
+        opt_state=checkpoint.restore(state.opt_state, record["opt_state"]),
+    )
+    return state, checkpoint.restore(carry, record["carry"]), meta
+
+
+def _fine_tune_start(path: Path, fresh_params):
+    """The weights of checkpoint `path`, checked to fit the model being trained."""
+    record = checkpoint.read(path)
+    shapes = jax.tree.map(np.shape, fresh_params)
+    try:
+        loaded = checkpoint.restore(fresh_params, record["params"])
+    except (KeyError, ValueError):
+        loaded = None
+    if loaded is None or jax.tree.map(np.shape, loaded) != shapes:
+        raise UserError(
+            f"init_from {path}: its model ({record['meta']['model']}) does not match train: params and the "
+            "vocabulary: use the same model, rnn_size, num_layers and preprocessing, or drop init_from"
+        )
+    return loaded
+
+
+def _drop_rows_after(live_dir: Path, step: int) -> None:
+    """After a kill, DVCLive's curves may hold rows logged after the last checkpoint: drop them on resume."""
+    for tsv in (live_dir / "plots" / "metrics").glob("**/*.tsv"):
+        header, *rows = tsv.read_text().splitlines(keepends=True)
+        column = header.rstrip("\n").split("\t").index("step")
+        tsv.write_text(header + "".join(row for row in rows if int(row.split("\t")[column]) <= step))
