@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 # Stage commands in dvc.yaml call `python`: the project venv must come first on PATH.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help install demo test test-slow lint bench
+.PHONY: help install demo test test-slow lint bench deploy moto
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,3 +32,15 @@ lint: install  ## ruff
 
 bench: install  ## benchmarks: results in benchmarks/results/
 	$(BIN)/python -m benchmarks
+
+# Rebuilds and redeploys only what an upstream change reaches (nothing, when nothing changed; outputs missing
+# here are pulled from the DVC remote rather than rebuilt), then stores data, models and image in the remote.
+# AWS credentials and region: the standard AWS chain (README, "Deploy to AWS").
+deploy: install  ## deploy to AWS (ECR + ECS Fargate), then `dvc push`
+	$(BIN)/dvc repro --pull deploy
+	$(BIN)/dvc push
+
+# A fake AWS on this machine, to try `make deploy` without an account: see "Try it without AWS" in README.md.
+MOTO_PORT ?= 5000
+moto: install  ## a local fake AWS (moto server) on 127.0.0.1:5000 (MOTO_PORT=...); Ctrl-C stops it
+	MOTO_IAM_LOAD_MANAGED_POLICIES=true MOTO_ECS_SERVICE_RUNNING=1 $(BIN)/moto_server -H 127.0.0.1 -p $(MOTO_PORT)

@@ -1,0 +1,163 @@
+"""Test helpers for the deploy stage: a moto server on a free loopback port, and synthetic OCI image layouts.
+
+Every AWS call in the deploy tests goes through real boto3 (or DVC's s3fs) over HTTP to the moto server, with
+fake credentials set only in the test's environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+from moto.server import ThreadedMotoServer
+
+REGION = "eu-west-1"
+
+FAKE_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_REGION": REGION,
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_EC2_METADATA_DISABLED": "true",  # never ask 169.254.169.254 for a role
+    "AWS_CONFIG_FILE": "/nonexistent/aws/config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws/credentials",
+    "MOTO_IAM_LOAD_MANAGED_POLICIES": "true",  # so IAM knows AmazonECSTaskExecutionRolePolicy
+}
+NO_AWS_ENV = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+)
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """A moto server on 127.0.0.1 at a free port, with the fake AWS environment set; yields its URL."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with patched_environ({**FAKE_AWS_ENV}, remove=NO_AWS_ENV):
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        os.environ["AWS_ENDPOINT_URL"] = url
+        try:
+            yield url
+        finally:
+            server.stop()
+
+
+def reset(url: str) -> None:
+    """Forget every resource the server holds."""
+    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=10).close()
+
+
+@contextlib.contextmanager
+def patched_environ(values: dict[str, str], remove: tuple[str, ...] = ()) -> Iterator[None]:
+    saved = dict(os.environ)
+    for name in remove:
+        os.environ.pop(name, None)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def counting_session() -> tuple[boto3.Session, list[tuple[str, str, dict]]]:
+    """A boto3 session that records every call as (service, operation, arguments) in a `before-call` hook."""
+    session = boto3.Session(region_name=REGION)
+    calls: list[tuple[str, str, dict]] = []
+
+    def remember(params, context, **_):
+        context["api_params"] = dict(params)  # the call's arguments, as the caller passed them
+
+    def record(model, context, **_):  # just before the request goes out
+        calls.append((model.service_model.service_name, model.name, context.get("api_params", {})))
+
+    session.events.register("before-parameter-build", remember)
+    session.events.register("before-call", record)
+    return session, calls
+
+
+def _blob(layout: Path, data: bytes) -> dict:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    path = layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return {"digest": digest, "size": len(data)}
+
+
+def layer(files: dict[str, bytes]) -> bytes:
+    """A gzip-compressed tar layer holding `files`, reproducibly (fixed times, owners and order)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(buffer.getvalue(), mtime=0)
+
+
+def write_image(build: Path, layers: list[bytes], tag: str = "0123abcd", model_version: str = "m1") -> dict:
+    """An OCI layout at build/image and its record build/image.json, as the image stage writes them."""
+    layout = build / "image"
+    layout.mkdir(parents=True, exist_ok=True)
+    (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    layer_descriptors = [
+        {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **_blob(layout, data)} for data in layers
+    ]
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"User": "10001", "ExposedPorts": {"8080/tcp": {}}, "Cmd": ["python3", "-m", "service"]},
+        "rootfs": {
+            "type": "layers",
+            "diff_ids": ["sha256:" + hashlib.sha256(gzip.decompress(data)).hexdigest() for data in layers],
+        },
+        "history": [{"created_by": f"layer {index}"} for index in range(len(layers))],
+    }
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            **_blob(layout, json.dumps(config).encode()),
+        },
+        "layers": layer_descriptors,
+    }
+    manifest_descriptor = {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        **_blob(layout, json.dumps(manifest, indent=2).encode()),
+        "platform": {"architecture": "amd64", "os": "linux"},
+    }
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [manifest_descriptor]}))
+    record = {
+        "name": "tweetbot",
+        "tag": tag,
+        "digest": manifest_descriptor["digest"],
+        "size_bytes": sum(len(gzip.decompress(data)) for data in layers),
+        "compressed_bytes": sum(len(data) for data in layers),
+        "layers": [
+            {"digest": d["digest"], "size": d["size"], "created_by": f"layer {i}"}
+            for i, d in enumerate(layer_descriptors)
+        ],
+        "builder": "test",
+        "base_image": "scratch",
+        "model_version": model_version,
+        "platform": "linux/amd64",
+    }
+    (build / "image.json").write_text(json.dumps(record, indent=2))
+    return record
