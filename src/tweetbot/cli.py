@@ -100,38 +100,6 @@ def destroy(
     run.destroy(settings, out)
 
 
-@app.command()
-def deploy(
-    plan: bool = typer.Option(False, "--plan", help="print what would change and change nothing"),
-    layout: Path = typer.Option(Path("build/image"), help="the image as an OCI layout"),
-    image: Path = typer.Option(Path("build/image.json"), help="the image record"),
-    out: Path = typer.Option(Path("build/deploy.json"), help="the deployment record to write"),
-) -> None:
-    """Push the image to ECR and roll it out on ECS Fargate (params.yaml `deploy:`); `dvc repro` runs this."""
-    from deploy import run
-    from tweetbot import params
-
-    run.deploy(params.load("deploy"), layout, image, out, apply=not plan)
-
-
-@app.command()
-def destroy(
-    yes: bool = typer.Option(False, "--yes", help="do not ask first (CI)"),
-    out: Path = typer.Option(Path("build/deploy.json"), help="the deployment record, removed too"),
-) -> None:
-    """Remove everything `deploy` created: service, autoscaling, task definitions, cluster, role, logs, images."""
-    from deploy import run
-    from tweetbot import params
-
-    settings = params.load("deploy")
-    if not run.destroy(settings, out, apply=False):
-        typer.echo("nothing to remove")
-        return
-    if not yes and not typer.confirm("Remove all of the above?", default=False):
-        raise typer.Exit(1)
-    run.destroy(settings, out)
-
-
 def main() -> None:
     exit_on_user_error(app)()
 
