@@ -122,7 +122,10 @@ def read_posts(path: Path) -> list[Post]:
 
 
 def _post_from_line(line: str) -> Post:
-    record = json.loads(line)  # json.JSONDecodeError is a ValueError
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON ({error.msg} at column {error.colno})") from None
     if not isinstance(record, dict) or set(record) != set(FIELDS):
         raise ValueError(f"expected an object with exactly the keys {', '.join(FIELDS)}")
     for flag in ("is_retweet", "is_reply"):
