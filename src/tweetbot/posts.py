@@ -117,7 +117,7 @@ def read_posts(path: Path) -> list[Post]:
             try:
                 posts.append(_post_from_line(line))
             except ValueError as error:
-                raise UserError(f"{path}:{number}: {error}: re-run `tweetbot fetch` to rewrite it") from None
+                raise UserError(f"{path}:{number}: {error}: delete {path} and fetch again") from None
     return newest_first(posts)
 
 
