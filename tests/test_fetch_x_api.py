@@ -293,6 +293,19 @@ def test_filters_are_sent_as_exclude_and_applied(mock, tmp_path):
     assert posts and not any(post.is_retweet or post.is_reply for post in posts)
 
 
+def test_changed_filters_ask_for_everything_again_and_keep_what_was_fetched(mock, tmp_path, capsys):
+    x = FakeX(mock, timeline(1, 40))
+    out = tmp_path / "tweets.jsonl"
+    fetch.run(replace(PARAMS, include_retweets=False), out)
+    x.timeline_requests.clear()
+
+    fetch.run(PARAMS, out)
+
+    assert "since_id" not in x.timeline_requests[0] and "exclude" not in x.timeline_requests[0]
+    assert ids(read_posts(out)) == ids(x.posts)
+    assert "fetch params changed" in capsys.readouterr().err
+
+
 def test_max_posts_keeps_the_newest_and_stops_asking(mock, tmp_path):
     x = FakeX(mock, timeline(1, 450))
     out = tmp_path / "tweets.jsonl"
