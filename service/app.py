@@ -1,0 +1,187 @@
+"""The tweetbot web service: `uvicorn --factory service.app:create_app`.
+
+    GET  /           {"text": "..."}: one new post, as the original bot answered (temperature, prime, seed)
+    POST /generate   several samples with every sampling knob, plus the seeds and the model version
+    GET  /stream     the same, one sample, as server-sent events while it is generated
+    GET  /app        the web page          GET /schema   OpenAPI          GET /metrics   Prometheus
+    GET  /healthz    alive                 GET /readyz   200 once the model is loaded and compiled, 503 before
+
+Every bound is checked before the model runs, and a bad value is a 400 whose `extra` names the field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated
+
+from litestar import Litestar, MediaType, Response, get, post
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import ServiceUnavailableException, ValidationException
+from litestar.logging import LoggingConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.params import Parameter
+from litestar.plugins.prometheus import PrometheusController
+from litestar.response import File, ServerSentEvent, ServerSentEventMessage
+
+from service.bot import Bot
+from service.observability import JsonFormatter, RequestObserver
+from service.schemas import (
+    MAX_POST_CHARS,
+    MAX_PRIME_CHARS,
+    GenerateRequest,
+    GenerateResponse,
+    Health,
+    Post,
+    Readiness,
+)
+from service.settings import Settings
+from tweetbot.sample import MAX_SEED, SampleRequest
+
+PAGE = Path(__file__).parent / "static" / "index.html"
+
+# Query parameters share the bounds of the POST body (service/schemas.py).
+TemperatureQuery = Annotated[float, Parameter(gt=0, le=5, description="softmax temperature")]
+PrimeQuery = Annotated[str, Parameter(max_length=MAX_PRIME_CHARS, description="text the post starts with")]
+SeedQuery = Annotated[int | None, Parameter(ge=0, le=MAX_SEED, description="same seed, same text")]
+
+
+def ready_bot(state: State) -> Bot:
+    """The bot, once it can answer; before that every generating route is a 503."""
+    bot: Bot = state.bot
+    if not bot.ready:
+        raise ServiceUnavailableException(
+            bot.problem or "the model is still compiling: retry when GET /readyz answers 200",
+            headers={"Retry-After": "1"},
+        )
+    return bot
+
+
+def check_prime(bot: Bot, prime: str, source: str) -> None:
+    unknown = bot.unknown_chars(prime)
+    if unknown:
+        shown = ", ".join(repr(c) for c in unknown)
+        message = f"characters the model does not know: {shown}; remove or replace them"
+        raise ValidationException(
+            "Validation failed", extra=[{"key": "prime", "source": source, "message": message}]
+        )
+
+
+@get("/", summary="One new post, as the original bot answered")
+async def new_post(
+    bot: Bot, temperature: TemperatureQuery = 1.0, prime: PrimeQuery = "", seed: SeedQuery = None
+) -> Post:
+    check_prime(bot, prime, "query")
+    (seed,) = bot.seeds(seed, 1)
+    request = SampleRequest(
+        prime=prime, temperature=temperature, max_length=MAX_POST_CHARS - len(prime), seed=seed
+    )
+    (text,) = await bot.generate([request])
+    return Post(text=text)
+
+
+@post("/generate", status_code=200, summary="Samples with every sampling setting")
+async def generate(bot: Bot, data: GenerateRequest) -> GenerateResponse:
+    check_prime(bot, data.prime, "body")
+    seeds = bot.seeds(data.seed, data.n)
+    requests = [
+        SampleRequest(
+            prime=data.prime,
+            temperature=data.temperature,
+            top_k=data.top_k or 0,
+            top_p=data.top_p,
+            max_length=data.max_length,
+            seed=seed,
+        )
+        for seed in seeds
+    ]
+    return GenerateResponse(samples=await bot.generate(requests), seeds=seeds, model_version=bot.version)
+
+
+@get("/stream", summary="One sample as server-sent events: `data` {text} chunks, then a `done` event")
+async def stream(
+    bot: Bot,
+    temperature: TemperatureQuery = 1.0,
+    prime: PrimeQuery = "",
+    top_k: Annotated[int | None, Parameter(ge=1)] = None,
+    top_p: Annotated[float, Parameter(gt=0, le=1)] = 1.0,
+    max_length: Annotated[int, Parameter(ge=1, le=1000)] = MAX_POST_CHARS,
+    seed: SeedQuery = None,
+) -> ServerSentEvent:
+    check_prime(bot, prime, "query")
+    (seed,) = bot.seeds(seed, 1)
+    request = SampleRequest(
+        prime=prime, temperature=temperature, top_k=top_k or 0, top_p=top_p, max_length=max_length, seed=seed
+    )
+
+    def events() -> Iterator[ServerSentEventMessage]:  # Litestar runs a sync iterator in a worker thread
+        for chunk in bot.stream(request):
+            yield ServerSentEventMessage(data=json.dumps({"text": chunk}, ensure_ascii=False))
+        done = {"model_version": bot.version, "seed": seed}
+        yield ServerSentEventMessage(event="done", data=json.dumps(done))
+
+    return ServerSentEvent(events())
+
+
+@get("/healthz", summary="Alive (the process answers)")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@get("/readyz", summary="Ready: 200 once the model is loaded and compiled, 503 before")
+async def readyz(state: State) -> Response[Readiness]:
+    bot: Bot = state.bot
+    readiness = Readiness(ready=bot.ready, model_version=bot.version, detail=bot.problem)
+    return Response(readiness, status_code=200 if bot.ready else 503)
+
+
+@get("/app", media_type=MediaType.HTML, include_in_schema=False)
+async def page() -> File:
+    return File(PAGE, content_disposition_type="inline")
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """The application; `settings` default to the environment (see service/settings.py)."""
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def model_lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.bot = bot = Bot(settings)  # a bad bundle fails start-up here, with one clear line
+        bot.start()
+        try:
+            yield
+        finally:
+            await bot.stop()
+
+    return Litestar(
+        route_handlers=[new_post, generate, stream, healthz, readyz, page, PrometheusController],
+        dependencies={"bot": Provide(ready_bot, sync_to_thread=False)},
+        lifespan=[model_lifespan],
+        middleware=[RequestObserver()],
+        cors_config=CORSConfig(allow_origins=list(settings.cors_origins)),
+        openapi_config=OpenAPIConfig(
+            title="tweetbot",
+            version="1",
+            description="A character-level model writing posts in the voice of one account.",
+            path="/schema",
+            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), SwaggerRenderPlugin()],
+        ),
+        logging_config=LoggingConfig(
+            formatters={"standard": {"()": JsonFormatter}},
+            root={"level": settings.log_level, "handlers": ["queue_listener"]},
+            loggers={
+                "tweetbot": {"level": settings.log_level},
+                "jax": {"level": "WARNING"},
+                # Our request line replaces uvicorn's access line.
+                "uvicorn.access": {"level": "WARNING"},
+            },
+            log_exceptions="always",
+            # Client errors and "not ready yet" are answers, not bugs: no traceback for them.
+            disable_stack_trace={*range(400, 500), 503},
+        ),
+    )

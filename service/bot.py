@@ -1,0 +1,93 @@
+"""The model behind the API: the bundle, its compiled sampler, the micro-batcher and the readiness flag.
+
+Start-up reads the bundle at once (a missing or corrupt bundle stops the service with one clear line), then
+compiles the sampler in a worker thread; until that finishes `ready` is False and `/readyz` answers 503.
+Compiled programs go to JAX's persistent cache (`TWEETBOT_COMPILE_CACHE`), so a restart, or an image whose
+build warmed the cache, is ready in seconds instead of recompiling every shape bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Iterator
+
+import jax
+
+from service.batching import MicroBatcher
+from service.observability import MODEL, observe_batch
+from service.settings import Settings
+from tweetbot import bundle
+from tweetbot.sample import BATCH_BUCKETS, MAX_SEED, Sampler, SampleRequest, bucket
+
+log = logging.getLogger("tweetbot.service")
+
+
+class Bot:
+    def __init__(self, settings: Settings):
+        if settings.compile_cache:
+            jax.config.update("jax_compilation_cache_dir", str(settings.compile_cache))
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # cache every bucket
+        self.bundle = bundle.load(settings.bundle)
+        self.vocab = self.bundle.vocab
+        self.version = self.bundle.version
+        self.sampler = Sampler(self.bundle.model, self.bundle.variables, self.vocab)
+        self.batcher: MicroBatcher[SampleRequest, str] = MicroBatcher(
+            self.sampler.generate,
+            max_batch=settings.max_batch,
+            max_wait_s=settings.max_wait_ms / 1e3,
+            on_batch=observe_batch,
+        )
+        # The batch shapes this service can ask for; larger buckets are never compiled.
+        self._batch_sizes = tuple(b for b in BATCH_BUCKETS if b <= bucket(settings.max_batch, BATCH_BUCKETS))
+        self.ready = False
+        self.problem: str | None = None
+        self._warming: asyncio.Task | None = None
+        MODEL.info({"version": self.version, **{k: str(v) for k, v in self.bundle.manifest["model"].items()}})
+
+    def start(self) -> None:
+        """Start the batcher and, in the background, the compilation that makes the bot ready."""
+        self.batcher.start()
+        self._warming = asyncio.get_running_loop().create_task(self._warm_up())
+
+    async def stop(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()  # the compile thread finishes on its own; nothing waits for it
+        await self.batcher.stop()
+
+    async def _warm_up(self) -> None:
+        started = time.perf_counter()
+        try:
+            for size in self._batch_sizes:  # one bucket at a time, so a shutdown never waits for them all
+                await asyncio.to_thread(self.sampler.warmup, (size,))
+        except Exception as error:  # stay alive and unready: /readyz says why, the orchestrator restarts us
+            self.problem = f"warm-up failed: {type(error).__name__}: {error}"
+            log.exception("warm-up failed")
+            return
+        self.ready = True
+        fields = {"model_version": self.version, "warmup_s": round(time.perf_counter() - started, 2)}
+        log.info("ready", extra={"fields": fields})
+
+    def unknown_chars(self, text: str) -> list[str]:
+        return self.vocab.unknown_chars(text)
+
+    @staticmethod
+    def seeds(seed: int | None, n: int) -> list[int]:
+        """Row i gets `seed + i` (so a sample comes back with `seed=seeds[i], n=1`); no seed: random ones."""
+        first = secrets.randbelow(MAX_SEED + 1 - n) if seed is None else seed
+        return [(first + i) % (MAX_SEED + 1) for i in range(n)]
+
+    async def generate(self, requests: list[SampleRequest]) -> list[str]:
+        """Each request's prime and sample, computed in whichever micro-batches the rows land in."""
+        texts = await self.batcher.submit(requests)
+        return [request.prime + text for request, text in zip(requests, texts, strict=True)]
+
+    def stream(self, request: SampleRequest) -> Iterator[str]:
+        """The sample of `request` (prime first), a chunk of characters at a time, as the sampler makes it."""
+        if request.prime:
+            yield request.prime
+        for (delta,) in self.sampler.stream([request]):
+            if delta:
+                yield delta

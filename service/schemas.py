@@ -1,0 +1,51 @@
+"""Request and response bodies: msgspec structs whose bounds Litestar checks before a handler runs.
+
+A value out of bounds, of the wrong type or an unknown field is a 400 that names the field; the one rule that
+needs the model (prime characters must be in the vocabulary) is checked by the handler the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+MAX_POST_CHARS = 280  # a post, as `GET /` has always returned it
+MAX_PRIME_CHARS = 280
+
+Temperature = Annotated[float, Meta(gt=0, le=5, description="softmax temperature: low is safe, high is wild")]
+Prime = Annotated[str, Meta(max_length=MAX_PRIME_CHARS, description="text the sample starts with")]
+Seed = Annotated[int, Meta(ge=0, lt=2**31, description="same seed, same text")]
+
+
+class GenerateRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    prime: Prime = ""
+    temperature: Temperature = 1.0
+    top_k: Annotated[int, Meta(ge=1, description="sample only from the k likeliest characters")] | None = None
+    top_p: Annotated[float, Meta(gt=0, le=1, description="nucleus: the smallest set of this much mass")] = 1.0
+    max_length: Annotated[int, Meta(ge=1, le=1000, description="characters generated after the prime")] = (
+        MAX_POST_CHARS
+    )
+    n: Annotated[int, Meta(ge=1, le=64, description="how many samples")] = 1
+    seed: Seed | None = None
+
+
+class GenerateResponse(msgspec.Struct, kw_only=True):
+    samples: list[str]
+    seeds: list[int]  # sample i came from seeds[i]: send it back as `seed` (with n=1) to get it again
+    model_version: str
+
+
+class Post(msgspec.Struct):
+    text: str
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class Readiness(msgspec.Struct, kw_only=True):
+    ready: bool
+    model_version: str | None = None
+    detail: str | None = None

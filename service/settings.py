@@ -1,0 +1,71 @@
+"""Service settings, from environment variables (the twelve-factor way: the same image runs anywhere).
+
+TWEETBOT_BUNDLE        the exported bundle folder               (models/export)
+PORT                   the port `make serve` and the image use  (8080)
+TWEETBOT_CORS_ORIGINS  comma-separated allowed origins          (*: any page may fetch a post, as before)
+TWEETBOT_MAX_BATCH     most samples in one sampler call         (32; 1 turns micro-batching off)
+TWEETBOT_MAX_WAIT_MS   longest a request waits for others       (2)
+TWEETBOT_LOG_LEVEL     DEBUG, INFO, WARNING or ERROR            (INFO)
+TWEETBOT_COMPILE_CACHE JAX's persistent compilation cache       (~/.cache/tweetbot/jax; empty: none)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from tweetbot.errors import UserError
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Settings:
+    bundle: Path = Path("models/export")
+    port: int = 8080
+    cors_origins: tuple[str, ...] = ("*",)
+    max_batch: int = 32
+    max_wait_ms: float = 2.0
+    log_level: str = "INFO"
+    compile_cache: Path | None = Path("~/.cache/tweetbot/jax").expanduser()
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise UserError(f"PORT is {self.port}: use a port number from 1 to 65535")
+        if not 1 <= self.max_batch <= 256:
+            raise UserError(f"TWEETBOT_MAX_BATCH is {self.max_batch}: use 1 (no batching) to 256")
+        if not 0 <= self.max_wait_ms <= 1000:
+            raise UserError(f"TWEETBOT_MAX_WAIT_MS is {self.max_wait_ms}: use 0 to 1000 milliseconds")
+        if self.log_level not in LOG_LEVELS:
+            raise UserError(f"TWEETBOT_LOG_LEVEL is {self.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        """Settings from `env`; an unset variable keeps its default, a malformed one is a UserError."""
+        default = cls()
+        origins = env.get("TWEETBOT_CORS_ORIGINS")
+        cache = env.get("TWEETBOT_COMPILE_CACHE", str(default.compile_cache))
+        return cls(
+            bundle=Path(env.get("TWEETBOT_BUNDLE", default.bundle)),
+            port=_number(env, "PORT", int, default.port),
+            cors_origins=tuple(o.strip() for o in origins.split(",") if o.strip())
+            if origins
+            else default.cors_origins,
+            max_batch=_number(env, "TWEETBOT_MAX_BATCH", int, default.max_batch),
+            max_wait_ms=_number(env, "TWEETBOT_MAX_WAIT_MS", float, default.max_wait_ms),
+            log_level=env.get("TWEETBOT_LOG_LEVEL", default.log_level).upper(),
+            compile_cache=Path(cache).expanduser() if cache else None,
+        )
+
+
+def _number(env: Mapping[str, str], name: str, kind: type, default):
+    if name not in env:
+        return default
+    try:
+        return kind(env[name])
+    except ValueError:
+        raise UserError(
+            f"{name} is {env[name]!r}, not a{'n integer' if kind is int else ' number'}"
+        ) from None

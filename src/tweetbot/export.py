@@ -1,0 +1,70 @@
+"""The export step: the best checkpoint -> a self-describing bundle, behind a quality gate.
+
+The gate compares the checkpoint's validation bits per character with a unigram baseline of the training text
+(every character drawn independently with its training frequency, i.e. the entropy of the character
+distribution). A model that does not beat it by `export.min_improvement_bpc` learned nothing worth serving,
+so export refuses it with one line instead of shipping it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tweetbot import bundle
+from tweetbot.errors import UserError
+from tweetbot.model import CharRNN
+from tweetbot.params import ExportParams
+from tweetbot.vocab import EOS, Vocab
+
+
+def unigram_bpc(tokens: np.ndarray) -> float:
+    """Bits per character of the best context-free model of `tokens`: the entropy of their distribution."""
+    counts = np.bincount(np.asarray(tokens).ravel())
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def data_statistics(tokens: np.ndarray, vocab: Vocab) -> dict[str, Any]:
+    tokens = np.asarray(tokens)
+    return {
+        "train_chars": int(tokens.size),
+        "train_posts": int((tokens == EOS).sum()),
+        "vocab_size": len(vocab),
+        "unigram_bpc": round(unigram_bpc(tokens), 4),
+    }
+
+
+def check_quality(val_bpc: float, baseline_bpc: float, params: ExportParams) -> None:
+    """Raise a UserError unless the model beats the baseline by `params.min_improvement_bpc` bits/char."""
+    improvement = baseline_bpc - val_bpc
+    if not np.isfinite(val_bpc) or improvement < params.min_improvement_bpc:
+        raise UserError(
+            f"export refused: validation {val_bpc:.3f} bits/char is {improvement:.3f} better than the "
+            f"unigram baseline {baseline_bpc:.3f}; export.min_improvement_bpc is "
+            f"{params.min_improvement_bpc}: "
+            "train longer or bigger (params.yaml train:), or lower export.min_improvement_bpc"
+        )
+
+
+def export_model(
+    model: CharRNN,
+    variables: dict,
+    vocab: Vocab,
+    train_tokens: np.ndarray,
+    *,
+    val_bpc: float,
+    metrics: dict[str, Any],
+    train_params: dict[str, Any],
+    params: ExportParams,
+    out: Path,
+) -> dict:
+    """Gate the model against the unigram baseline of `train_tokens`, then write the bundle (its manifest)."""
+    stats = data_statistics(train_tokens, vocab)
+    check_quality(val_bpc, stats["unigram_bpc"], params)
+    metrics = {**metrics, "val_bpc": val_bpc, "improvement_bpc": round(stats["unigram_bpc"] - val_bpc, 4)}
+    return bundle.write(
+        out, model, variables, vocab, metrics=metrics, train_params=train_params, data_stats=stats
+    )
