@@ -115,7 +115,7 @@ def _fetch_x_api(p: FetchParams, out: Path) -> None:
             },
         )
 
-    def fetch(since_id: str | None, until_id: str | None) -> bool:
+    def fetch_range(since_id: str | None, until_id: str | None) -> bool:
         """Fetch one range of ids page by page, saving after each; True if `max_posts` made the rest moot."""
         nonlocal posts, received
         options = {"include_retweets": p.include_retweets, "include_replies": p.include_replies}
@@ -134,10 +134,10 @@ def _fetch_x_api(p: FetchParams, out: Path) -> None:
     expected = min(account.post_count or API_CAP, API_CAP, p.max_posts or API_CAP) if from_scratch else None
     with tqdm(total=expected, unit=" posts", desc=f"@{handle}", file=sys.stderr) as bar:
         if resume_until:  # an interrupted run left a gap between complete_through and resume_until
-            fetch(since_id=complete_through, until_id=resume_until)
+            fetch_range(since_id=complete_through, until_id=resume_until)
             complete_through = posts[0].id if posts else complete_through
             save(resume_until=None)
-        stopped_early = fetch(since_id=complete_through, until_id=None)
+        stopped_early = fetch_range(since_id=complete_through, until_id=None)
         complete_through = posts[0].id if posts else complete_through
         save(resume_until=None)
     if not stopped_early and (received >= API_CAP or (from_scratch and (account.post_count or 0) > API_CAP)):
