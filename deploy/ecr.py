@@ -164,22 +164,19 @@ def _upload(ecr, repository: str, blob: Blob) -> None:
 
 
 def _put_image(ecr, repository: str, image: OciImage, tag: str) -> None:
+    manifest = {
+        "repositoryName": repository,
+        "imageManifest": image.manifest.decode(),
+        "imageManifestMediaType": image.media_type,
+        "imageDigest": image.digest,
+    }
     try:
-        ecr.put_image(
-            repositoryName=repository,
-            imageManifest=image.manifest.decode(),
-            imageManifestMediaType=image.media_type,
-            imageDigest=image.digest,
-            imageTag=tag,
-        )
+        ecr.put_image(**manifest, imageTag=tag)
     except botocore.exceptions.ClientError as error:
-        if error_code(error) != "ImageTagAlreadyExistsException":
+        if error_code(error) not in ("ImageTagAlreadyExistsException", "ImageAlreadyExistsException"):
             raise
+        if ecr.batch_get_image(repositoryName=repository, imageIds=[{"imageDigest": image.digest}])["images"]:
+            return  # another push put this very image meanwhile
         # Tags are immutable and this one names another build of the same inputs (builds need not be
         # byte-identical). The task definition names the image by digest, so push it untagged.
-        ecr.put_image(
-            repositoryName=repository,
-            imageManifest=image.manifest.decode(),
-            imageManifestMediaType=image.media_type,
-            imageDigest=image.digest,
-        )
+        ecr.put_image(**manifest)

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
+import botocore.loaders
+import botocore.session
 from moto.server import ThreadedMotoServer
 
 REGION = "eu-west-1"
@@ -76,9 +78,14 @@ def patched_environ(values: dict[str, str], remove: tuple[str, ...] = ()) -> Ite
         os.environ.update(saved)
 
 
+_LOADER = botocore.loaders.create_loader()
+
+
 def counting_session() -> tuple[boto3.Session, list[tuple[str, str, dict]]]:
     """A boto3 session that records every call as (service, operation, arguments) in a `before-call` hook."""
-    session = boto3.Session(region_name=REGION)
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _LOADER)  # parse each service's API model once per test run
+    session = boto3.Session(botocore_session=core, region_name=REGION)
     calls: list[tuple[str, str, dict]] = []
 
     def remember(params, context, **_):

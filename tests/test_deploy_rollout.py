@@ -1,0 +1,247 @@
+"""The rollout wait and the endpoint lookup, on canned ECS/EC2/ELB answers (botocore's Stubber).
+
+moto starts no tasks, so its rollouts never move: what ECS answers while a rollout completes, fails with the
+circuit breaker's rollback, or hangs, is replayed here through real clients with their request validation.
+"""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from deploy import rollout
+from tweetbot.errors import UserError
+
+CLUSTER, SERVICE = "tweetbot", "tweetbot"
+ARN = "arn:aws:ecs:eu-west-1:123456789012:task-definition/tweetbot:{}"
+
+
+def client(service: str):
+    return boto3.client(
+        service, region_name="eu-west-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
+
+
+def deployment(id_: str, revision: int, status: str, state: str, running: int, pending: int = 0, reason=None):
+    answer = {
+        "id": id_,
+        "status": status,
+        "taskDefinition": ARN.format(revision),
+        "desiredCount": 2,
+        "runningCount": running,
+        "pendingCount": pending,
+        "rolloutState": state,
+    }
+    if reason:
+        answer["rolloutStateReason"] = reason
+    return answer
+
+
+def services_answer(*deployments) -> dict:
+    return {"services": [{"serviceName": SERVICE, "status": "ACTIVE", "deployments": list(deployments)}]}
+
+
+class FakeClock:
+    """Time that moves only when the wait sleeps, so a timeout takes no real time."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def wait(ecs, clock: FakeClock, timeout_s: float = 600, progress=None):
+    lines: list[str] = []
+    result = rollout.wait_for_rollout(
+        ecs, CLUSTER, SERVICE, timeout_s, progress=progress or lines.append, clock=clock, sleep=clock.sleep
+    )
+    return result, lines
+
+
+def test_a_rollout_that_completes_returns_its_deployment_and_reports_progress():
+    ecs = client("ecs")
+    expected = {"cluster": CLUSTER, "services": [SERVICE]}
+    with Stubber(ecs) as stub:
+        stub.add_response(
+            "describe_services",
+            services_answer(
+                deployment("new", 5, "PRIMARY", "IN_PROGRESS", 0, 2),
+                deployment("old", 4, "ACTIVE", "COMPLETED", 2),
+            ),
+            expected,
+        )
+        stub.add_response(
+            "describe_services",
+            services_answer(
+                deployment("new", 5, "PRIMARY", "IN_PROGRESS", 1, 1),
+                deployment("old", 4, "ACTIVE", "COMPLETED", 2),
+            ),
+            expected,
+        )
+        stub.add_response(
+            "describe_services", services_answer(deployment("new", 5, "PRIMARY", "COMPLETED", 2)), expected
+        )
+        done, lines = wait(ecs, clock := FakeClock())
+        stub.assert_no_pending_responses()
+    assert done["id"] == "new" and done["rolloutState"] == "COMPLETED"
+    assert lines == [
+        "tweetbot:5: 0/2 running, 2 pending, in progress",
+        "tweetbot:5: 1/2 running, 1 pending, in progress",
+        "tweetbot:5: 2/2 running, 0 pending, completed",
+    ]
+    assert clock.sleeps == [rollout.POLL_S, rollout.POLL_S]
+
+
+def test_a_failed_rollout_names_the_revision_the_circuit_breaker_rolled_back_to():
+    ecs = client("ecs")
+    reason = "ECS deployment circuit breaker: tasks failed to start."
+    with Stubber(ecs) as stub:
+        stub.add_response(
+            "describe_services",
+            services_answer(
+                deployment("new", 5, "PRIMARY", "IN_PROGRESS", 0, 2),
+                deployment("old", 4, "ACTIVE", "COMPLETED", 2),
+            ),
+        )
+        # The breaker trips: ECS starts a deployment of the last good revision, which becomes PRIMARY.
+        stub.add_response(
+            "describe_services",
+            services_answer(
+                deployment("rollback", 4, "PRIMARY", "IN_PROGRESS", 2),
+                deployment("new", 5, "ACTIVE", "FAILED", 0, reason=reason),
+            ),
+        )
+        with pytest.raises(UserError) as failure:
+            wait(ecs, FakeClock())
+    message = str(failure.value)
+    assert "rollout of tweetbot:5 failed" in message
+    assert reason in message
+    assert "rolled back to tweetbot:4" in message
+
+
+def test_a_failed_rollout_without_rollback_says_so():
+    ecs = client("ecs")
+    with Stubber(ecs) as stub:
+        stub.add_response(
+            "describe_services",
+            services_answer(deployment("only", 1, "PRIMARY", "FAILED", 0, reason="tasks failed to start")),
+        )
+        with pytest.raises(UserError, match="rollout of tweetbot:1 failed") as failure:
+            wait(ecs, FakeClock())
+    assert "rolled back" not in str(failure.value)
+
+
+def test_a_rollout_that_does_not_finish_in_time_is_an_error_naming_the_timeout():
+    ecs = client("ecs")
+    clock = FakeClock()
+    stuck = services_answer(deployment("new", 5, "PRIMARY", "IN_PROGRESS", 0, 2))
+    polls = int(60 / rollout.POLL_S) + 1  # at t = 0, 10, ..., 60 s
+    with Stubber(ecs) as stub:
+        for _ in range(polls):
+            stub.add_response("describe_services", stuck)
+        with pytest.raises(UserError, match="did not finish in 60 s") as failure:
+            wait(ecs, clock, timeout_s=60)
+        stub.assert_no_pending_responses()
+    assert "rollout_timeout_s" in str(failure.value)
+    assert clock.now == 60
+
+
+def test_a_deleted_service_stops_the_wait():
+    ecs = client("ecs")
+    with Stubber(ecs) as stub:
+        stub.add_response(
+            "describe_services", {"services": [], "failures": [{"arn": "x", "reason": "MISSING"}]}
+        )
+        with pytest.raises(UserError, match="is gone from cluster"):
+            wait(ecs, FakeClock())
+
+
+def test_the_endpoint_is_the_running_tasks_public_ip_found_through_its_network_interface():
+    ecs, ec2, elbv2 = client("ecs"), client("ec2"), client("elbv2")
+    task_arn = "arn:aws:ecs:eu-west-1:123456789012:task/tweetbot/abc"
+    with Stubber(ecs) as ecs_stub, Stubber(ec2) as ec2_stub:
+        ecs_stub.add_response(
+            "list_tasks",
+            {"taskArns": [task_arn]},
+            {"cluster": CLUSTER, "serviceName": SERVICE, "desiredStatus": "RUNNING"},
+        )
+        ecs_stub.add_response(
+            "describe_tasks",
+            {
+                "tasks": [
+                    {
+                        "taskArn": task_arn,
+                        "taskDefinitionArn": ARN.format(5),
+                        "lastStatus": "RUNNING",
+                        "attachments": [
+                            {
+                                "type": "ElasticNetworkInterface",
+                                "details": [
+                                    {"name": "subnetId", "value": "subnet-1"},
+                                    {"name": "networkInterfaceId", "value": "eni-0abc"},
+                                ],
+                            }
+                        ],
+                    }
+                ]
+            },
+            {"cluster": CLUSTER, "tasks": [task_arn]},
+        )
+        ec2_stub.add_response(
+            "describe_network_interfaces",
+            {
+                "NetworkInterfaces": [
+                    {"NetworkInterfaceId": "eni-0abc", "Association": {"PublicIp": "203.0.113.7"}}
+                ]
+            },
+            {"NetworkInterfaceIds": ["eni-0abc"]},
+        )
+        url = rollout.endpoint(ecs, ec2, elbv2, CLUSTER, SERVICE, ARN.format(5), 8080, None)
+    assert url == "http://203.0.113.7:8080"
+
+
+def test_tasks_of_an_older_revision_give_no_endpoint():
+    ecs, ec2, elbv2 = client("ecs"), client("ec2"), client("elbv2")
+    task_arn = "arn:aws:ecs:eu-west-1:123456789012:task/tweetbot/old"
+    with Stubber(ecs) as stub:
+        stub.add_response("list_tasks", {"taskArns": [task_arn]})
+        stub.add_response(
+            "describe_tasks",
+            {"tasks": [{"taskArn": task_arn, "taskDefinitionArn": ARN.format(4), "lastStatus": "RUNNING"}]},
+        )
+        assert rollout.endpoint(ecs, ec2, elbv2, CLUSTER, SERVICE, ARN.format(5), 8080, None) is None
+
+
+def test_with_a_target_group_the_endpoint_is_the_load_balancers_dns_name():
+    ecs, ec2, elbv2 = client("ecs"), client("ec2"), client("elbv2")
+    group = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/tweetbot/1"
+    balancer = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:loadbalancer/app/tweetbot/2"
+    with Stubber(elbv2) as stub:
+        stub.add_response(
+            "describe_target_groups",
+            {"TargetGroups": [{"TargetGroupArn": group, "LoadBalancerArns": [balancer]}]},
+            {"TargetGroupArns": [group]},
+        )
+        stub.add_response(
+            "describe_load_balancers",
+            {
+                "LoadBalancers": [
+                    {"LoadBalancerArn": balancer, "DNSName": "tweetbot-1.eu-west-1.elb.amazonaws.com"}
+                ]
+            },
+            {"LoadBalancerArns": [balancer]},
+        )
+        stub.add_response(
+            "describe_listeners",
+            {"Listeners": [{"Port": 443, "Protocol": "HTTPS"}, {"Port": 80, "Protocol": "HTTP"}]},
+            {"LoadBalancerArn": balancer},
+        )
+        url = rollout.endpoint(ecs, ec2, elbv2, CLUSTER, SERVICE, ARN.format(5), 8080, group)
+    assert url == "https://tweetbot-1.eu-west-1.elb.amazonaws.com"
