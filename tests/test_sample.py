@@ -8,7 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from tweetbot import checkpoint
+from tweetbot.cli import app
 from tweetbot.errors import UserError
 from tweetbot.model import CharRNN
 from tweetbot.sample import Sampler, SampleRequest, filter_logits
@@ -34,7 +37,7 @@ def sampler() -> Sampler:
 
 
 def greedy_reference(sampler: Sampler, prime: str, length: int) -> str:
-    """Greedy decoding one model call at a time, as the module docstring defines it."""
+    """Greedy decoding one model call at a time, as the module docstring defines it (UNK never written)."""
     apply = jax.jit(sampler.model.apply)
     carry = sampler.model.initial_carry(1)
     token, out = EOS, []
@@ -43,7 +46,7 @@ def greedy_reference(sampler: Sampler, prime: str, length: int) -> str:
         token = sampler.vocab.index[char]
     for _ in range(length):
         logits, carry = apply(sampler.variables, jnp.array([[token]]), carry)
-        token = int(jnp.argmax(logits[0, -1]))
+        token = int(jnp.argmax(logits[0, -1].at[UNK].set(-jnp.inf)))  # never UNK
         if token == EOS:
             break
         out.append(token)
@@ -173,3 +176,23 @@ def test_warmup_compiles_every_shape_a_batch_can_take(caplog):
         list(fresh.stream([SampleRequest(prime="the", max_length=100)]))
     compiles = [r.getMessage() for r in caplog.records if "ompil" in r.getMessage()]
     assert compiles == []
+
+
+def test_cli_prints_samples_from_a_checkpoint(tmp_path):
+    trained = tiny_sampler()
+    model = trained.model
+    fields = {"vocab_size": model.vocab_size, "rnn_size": model.rnn_size, "num_layers": model.num_layers}
+    checkpoint.save(tmp_path / "best.msgpack", {"model": fields}, trained.variables["params"])
+    trained.vocab.save(tmp_path / "vocab.json")
+    files = ["--checkpoint", str(tmp_path / "best.msgpack"), "--vocab", str(tmp_path / "vocab.json")]
+    runner = CliRunner()
+
+    shown = runner.invoke(
+        app, ["sample", "--n", "3", "--prime", "the", "--temperature", "0", "--length", "30", *files]
+    )
+    assert shown.exit_code == 0, shown.output
+    greedy = "the" + greedy_reference(trained, "the", 30)
+    assert shown.output == f"{greedy}\n\n" * 3
+
+    bad = runner.invoke(app, ["sample", "--prime", "Zebra", *files])
+    assert isinstance(bad.exception, UserError) and "'Z'" in str(bad.exception)

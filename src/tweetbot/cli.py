@@ -58,6 +58,32 @@ def train(
 
 
 @app.command()
+def sample(
+    n: int = typer.Option(5, "--n", min=1, help="how many samples"),
+    prime: str = typer.Option("", help="the text every sample starts with"),
+    temperature: float = typer.Option(1.0, help="lower is safer, higher is wilder; 0 is greedy"),
+    top_k: int = typer.Option(0, "--top-k", help="draw only from the k likeliest characters (0: all)"),
+    top_p: float = typer.Option(1.0, "--top-p", help="draw only from the likeliest characters of this mass"),
+    seed: int = typer.Option(0, help="sample i uses seed + i: the same seed gives the same samples"),
+    length: int = typer.Option(280, help="the most characters a sample writes after its prime"),
+    checkpoint: Path = typer.Option(Path("models/checkpoints/best.msgpack"), help="the trained weights"),
+    vocab: Path = typer.Option(PROCESSED / "vocab.json", help="the vocabulary it was trained with"),
+) -> None:
+    """Print samples from the best checkpoint, each followed by an empty line."""
+    from tweetbot.checkpoint import load_checkpoint
+    from tweetbot.sample import Sampler, SampleRequest
+    from tweetbot.vocab import Vocab
+
+    model, variables, _ = load_checkpoint(checkpoint)
+    if not vocab.is_file():
+        raise UserError(f"no vocabulary at {vocab}: run `dvc repro preprocess` or pass --vocab")
+    sampler = Sampler(model, variables, Vocab.load(vocab))
+    requests = [SampleRequest(prime, temperature, top_k, top_p, length, seed + i) for i in range(n)]
+    for text in sampler.generate(requests):
+        typer.echo(prime + text + "\n")
+
+
+@app.command()
 def summary(processed: Path = typer.Option(PROCESSED, help="the folder preprocess wrote")) -> None:
     """Print what the pipeline has produced so far: the data (later stages add their own sections)."""
     from tweetbot import corpus

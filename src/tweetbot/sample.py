@@ -133,7 +133,10 @@ class Sampler:
 
     def __init__(self, model, variables, vocab: Vocab):
         if model.vocab_size != len(vocab):
-            raise ValueError(f"model has {model.vocab_size} tokens, vocabulary {len(vocab)}")
+            raise UserError(
+                f"the model has {model.vocab_size} symbols but the vocabulary {len(vocab)}:"
+                " use the vocabulary the model was trained with"
+            )
         self.model = model
         self.variables = variables
         self.vocab = vocab
