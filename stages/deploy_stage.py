@@ -1,6 +1,8 @@
 """DVC stage `deploy`: push the image to ECR and roll it out on ECS Fargate, as params.yaml `deploy:` asks.
 
-    python stages/deploy.py build/image build/image.json build/deploy.json
+    python stages/deploy_stage.py build/image build/image.json build/deploy.json
+
+(Not stages/deploy.py: run as a script, that name would hide the `deploy` package from every stage script.)
 
 Reads the OCI layout and the record the image stage wrote; writes a small record of the deployment (cluster,
 service, task definition, image, model version, endpoint). AWS credentials and region come from the standard
