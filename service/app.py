@@ -17,15 +17,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
-from litestar import Litestar, MediaType, Response, get, post
+from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import ServiceUnavailableException, ValidationException
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
-from litestar.params import Parameter
+from litestar.params import JSONBody, Parameter
 from litestar.plugins.prometheus import PrometheusController
 from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 
@@ -41,6 +41,7 @@ from service.schemas import (
     Readiness,
 )
 from service.settings import Settings
+from tweetbot.errors import UserError
 from tweetbot.sample import MAX_SEED, SampleRequest
 
 PAGE = Path(__file__).parent / "static" / "index.html"
@@ -49,6 +50,7 @@ PAGE = Path(__file__).parent / "static" / "index.html"
 TemperatureQuery = Annotated[float, Parameter(gt=0, le=5, description="softmax temperature")]
 PrimeQuery = Annotated[str, Parameter(max_length=MAX_PRIME_CHARS, description="text the post starts with")]
 SeedQuery = Annotated[int | None, Parameter(ge=0, le=MAX_SEED, description="same seed, same text")]
+ReadyBot = NamedDependency[Bot]  # injected by `ready_bot`
 
 
 def ready_bot(state: State) -> Bot:
@@ -60,6 +62,11 @@ def ready_bot(state: State) -> Bot:
             headers={"Retry-After": "1"},
         )
     return bot
+
+
+def user_error_is_a_bad_request(request: Request, error: UserError) -> Response:
+    """A request the sampler refuses (its own last check) is the client's mistake, never a 500."""
+    return Response({"status_code": 400, "detail": str(error)}, status_code=400)
 
 
 def check_prime(bot: Bot, prime: str, source: str) -> None:
@@ -74,7 +81,7 @@ def check_prime(bot: Bot, prime: str, source: str) -> None:
 
 @get("/", summary="One new post, as the original bot answered")
 async def new_post(
-    bot: Bot, temperature: TemperatureQuery = 1.0, prime: PrimeQuery = "", seed: SeedQuery = None
+    bot: ReadyBot, temperature: TemperatureQuery = 1.0, prime: PrimeQuery = "", seed: SeedQuery = None
 ) -> Post:
     check_prime(bot, prime, "query")
     (seed,) = bot.seeds(seed, 1)
@@ -86,7 +93,7 @@ async def new_post(
 
 
 @post("/generate", status_code=200, summary="Samples with every sampling setting")
-async def generate(bot: Bot, data: GenerateRequest) -> GenerateResponse:
+async def generate(bot: ReadyBot, data: JSONBody[GenerateRequest]) -> GenerateResponse:
     check_prime(bot, data.prime, "body")
     seeds = bot.seeds(data.seed, data.n)
     requests = [
@@ -105,7 +112,7 @@ async def generate(bot: Bot, data: GenerateRequest) -> GenerateResponse:
 
 @get("/stream", summary="One sample as server-sent events: `data` {text} chunks, then a `done` event")
 async def stream(
-    bot: Bot,
+    bot: ReadyBot,
     temperature: TemperatureQuery = 1.0,
     prime: PrimeQuery = "",
     top_k: Annotated[int | None, Parameter(ge=1)] = None,
@@ -119,8 +126,10 @@ async def stream(
         prime=prime, temperature=temperature, top_k=top_k or 0, top_p=top_p, max_length=max_length, seed=seed
     )
 
+    chunks = bot.stream(request)
+
     def events() -> Iterator[ServerSentEventMessage]:  # Litestar runs a sync iterator in a worker thread
-        for chunk in bot.stream(request):
+        for chunk in chunks:
             yield ServerSentEventMessage(data=json.dumps({"text": chunk}, ensure_ascii=False))
         done = {"model_version": bot.version, "seed": seed}
         yield ServerSentEventMessage(event="done", data=json.dumps(done))
@@ -161,6 +170,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[new_post, generate, stream, healthz, readyz, page, PrometheusController],
         dependencies={"bot": Provide(ready_bot, sync_to_thread=False)},
+        exception_handlers={UserError: user_error_is_a_bad_request},
         lifespan=[model_lifespan],
         middleware=[RequestObserver()],
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins)),

@@ -20,7 +20,7 @@ from service.batching import MicroBatcher
 from service.observability import MODEL, observe_batch
 from service.settings import Settings
 from tweetbot import bundle
-from tweetbot.sample import BATCH_BUCKETS, MAX_SEED, Sampler, SampleRequest, bucket
+from tweetbot.sample import BATCH_BUCKETS, MAX_SEED, Sampler, SampleRequest, bucket, check
 
 log = logging.getLogger("tweetbot.service")
 
@@ -81,13 +81,23 @@ class Bot:
 
     async def generate(self, requests: list[SampleRequest]) -> list[str]:
         """Each request's prime and sample, computed in whichever micro-batches the rows land in."""
+        for request in requests:  # a bad row must never fail the batch it would share with others
+            check(request, self.vocab)
         texts = await self.batcher.submit(requests)
         return [request.prime + text for request, text in zip(requests, texts, strict=True)]
 
     def stream(self, request: SampleRequest) -> Iterator[str]:
-        """The sample of `request` (prime first), a chunk of characters at a time, as the sampler makes it."""
-        if request.prime:
-            yield request.prime
-        for (delta,) in self.sampler.stream([request]):
-            if delta:
-                yield delta
+        """The sample of `request` (prime first), a chunk of characters at a time, as the sampler makes it.
+
+        The request is checked now, not when the first chunk is due, so a bad one is refused before any reply.
+        """
+        check(request, self.vocab)
+
+        def chunks() -> Iterator[str]:
+            if request.prime:
+                yield request.prime
+            for (delta,) in self.sampler.stream([request]):
+                if delta:
+                    yield delta
+
+        return chunks()

@@ -11,12 +11,14 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from tweetbot.sample import MAX_SEED, PRIME_BUCKET
+
 MAX_POST_CHARS = 280  # a post, as `GET /` has always returned it
-MAX_PRIME_CHARS = 280
+MAX_PRIME_CHARS = PRIME_BUCKET  # the longest prime the compiled sampler takes
 
 Temperature = Annotated[float, Meta(gt=0, le=5, description="softmax temperature: low is safe, high is wild")]
 Prime = Annotated[str, Meta(max_length=MAX_PRIME_CHARS, description="text the sample starts with")]
-Seed = Annotated[int, Meta(ge=0, lt=2**31, description="same seed, same text")]
+Seed = Annotated[int, Meta(ge=0, le=MAX_SEED, description="same seed, same text")]
 
 
 class GenerateRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
