@@ -1,5 +1,8 @@
 """The export step: the best checkpoint -> a self-describing bundle, behind a quality gate.
 
+    run(params.load("export"), checkpoint=models/checkpoints/best.msgpack, processed=data/processed,
+        out=models/export)
+
 The gate compares the checkpoint's validation bits per character with a unigram baseline of the training text
 (every character drawn independently with its training frequency, i.e. the entropy of the character
 distribution). A model that does not beat it by `export.min_improvement_bpc` learned nothing worth serving,
@@ -14,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from tweetbot import bundle
+from tweetbot.checkpoint import load_checkpoint
 from tweetbot.errors import UserError
 from tweetbot.model import CharRNN
 from tweetbot.params import ExportParams
@@ -67,4 +71,36 @@ def export_model(
     metrics = {**metrics, "val_bpc": val_bpc, "improvement_bpc": round(stats["unigram_bpc"] - val_bpc, 4)}
     return bundle.write(
         out, model, variables, vocab, metrics=metrics, train_params=train_params, data_stats=stats
+    )
+
+
+# What the bundle's manifest keeps of the checkpoint's record (src/tweetbot/checkpoint.py).
+CHECKPOINT_METRICS = ("step", "val_loss", "val_bpc", "train_loss", "chars_seen", "train_seconds")
+
+
+def run(params: ExportParams, checkpoint: Path, processed: Path, out: Path) -> dict:
+    """Export `checkpoint`, trained on `processed/` (vocab.json, train.npy), as a bundle in `out`."""
+    model, variables, meta = load_checkpoint(checkpoint)
+    vocab_path, train_path = Path(processed) / "vocab.json", Path(processed) / "train.npy"
+    for path in (vocab_path, train_path):
+        if not path.is_file():
+            raise UserError(f"{path} not found: run `dvc repro preprocess` first")
+    vocab = Vocab.load(vocab_path)
+    if model.vocab_size != len(vocab):
+        raise UserError(
+            f"{checkpoint} was trained on {model.vocab_size} symbols, {vocab_path} has {len(vocab)}: "
+            "the data changed since training, run `dvc repro train`"
+        )
+    if meta.get("val_bpc") is None:
+        raise UserError(f"{checkpoint} has no validation score: train until the first evaluation")
+    return export_model(
+        model,
+        variables,
+        vocab,
+        np.load(train_path),
+        val_bpc=float(meta["val_bpc"]),
+        metrics={key: meta[key] for key in CHECKPOINT_METRICS if key in meta},
+        train_params=meta.get("train_params", {}),
+        params=params,
+        out=out,
     )
