@@ -47,11 +47,14 @@ COPY --from=builder /opt/venv /opt/venv
 COPY src/tweetbot /app/src/tweetbot
 COPY service /app/service
 COPY models/export /app/bundle
+# No persistent JAX compilation cache: the service user may write nowhere in the image, and a container's
+# cache would die with it anyway.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app/src:/app \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     TWEETBOT_BUNDLE=/app/bundle \
+    TWEETBOT_COMPILE_CACHE="" \
     PORT=8080
 # Last, so a new tag or revision changes no layer above.
 ARG SOURCE=
