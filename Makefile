@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 # Stage commands in dvc.yaml call `python`: the project venv must come first on PATH.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help install demo test test-slow lint bench deploy moto
+.PHONY: help install demo test test-slow lint bench serve deploy moto
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,10 @@ lint: install  ## ruff
 
 bench: install  ## benchmarks: results in benchmarks/results/
 	$(BIN)/python -m benchmarks
+
+PORT ?= 8080
+serve: install  ## serve the exported bundle on http://localhost:8080/ (PORT=...; the web page: /app)
+	$(BIN)/tweetbot serve --port $(PORT)
 
 # Rebuilds and redeploys only what an upstream change reaches (nothing, when nothing changed; outputs missing
 # here are pulled from the DVC remote rather than rebuilt), then stores data, models and image in the remote.

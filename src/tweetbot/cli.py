@@ -84,6 +84,42 @@ def sample(
 
 
 @app.command()
+def export(
+    checkpoint: Path = typer.Option(Path("models/checkpoints/best.msgpack"), help="the best checkpoint"),
+    processed: Path = typer.Option(PROCESSED, help="the folder of vocab.json and train.npy"),
+    out: Path = typer.Option(Path("models/export"), help="the bundle folder to write"),
+) -> None:
+    """Pack the best checkpoint into the service's bundle, if it beats the unigram baseline (`export:`)."""
+    from tweetbot import export as exporting
+    from tweetbot import params
+
+    manifest = exporting.run(params.load("export"), checkpoint, processed, out)
+    typer.echo(f"exported model {manifest['version']} to {out}")
+
+
+@app.command()
+def serve(
+    bundle: Path = typer.Option(None, help="the bundle (default: $TWEETBOT_BUNDLE, else models/export)"),
+    host: str = typer.Option("127.0.0.1", help="the address to listen on (0.0.0.0: every interface)"),
+    port: int = typer.Option(None, help="the port (default: $PORT, else 8080)"),
+) -> None:
+    """Serve the bundle over HTTP (service/): GET / answers {"text": ...}; the page is at /app."""
+    import dataclasses
+
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+    from tweetbot import bundle as bundles
+
+    settings = Settings.from_env()
+    settings = dataclasses.replace(settings, bundle=bundle or settings.bundle, port=port or settings.port)
+    bundles.load(settings.bundle)  # a missing or broken bundle is one line here, not a start-up traceback
+    typer.echo(f"serving {settings.bundle} on http://{host}:{settings.port}/ (the page: /app)")
+    uvicorn.run(create_app(settings), host=host, port=settings.port, log_config=None)
+
+
+@app.command()
 def summary(processed: Path = typer.Option(PROCESSED, help="the folder preprocess wrote")) -> None:
     """Print what the pipeline has produced so far: the data (later stages add their own sections)."""
     from tweetbot import corpus
