@@ -19,8 +19,8 @@ install:  ## install uv (pinned) and the locked dependencies into .venv
 	@if command -v npm >/dev/null; then npm ci --prefix .github/lint --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: tests/test_deploy_workflows.py will be skipped"; fi
 
-demo: install  ## run the pipeline on the built-in demo data
-	$(BIN)/dvc repro
+demo: install  ## run the pipeline on the built-in demo data (up to the image; `make deploy` deploys it)
+	$(BIN)/dvc repro image
 	$(BIN)/tweetbot summary
 
 test: install  ## the default test suite (minutes)
