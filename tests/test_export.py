@@ -1,0 +1,112 @@
+"""The export stage: best checkpoint -> bundle, and the quality gate against the unigram baseline."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.tiny_bundle import TEXT, VOCAB, tiny_model, tiny_variables
+from tweetbot import bundle, checkpoint, export
+from tweetbot.errors import UserError
+from tweetbot.params import ExportParams
+from tweetbot.vocab import EOS
+
+REPO = Path(__file__).resolve().parents[1]
+POSTS = [TEXT, "the lazy fox", "0123 #nasa", "quick quick brown dog"]
+
+
+def train_tokens() -> np.ndarray:
+    return np.concatenate([np.append(VOCAB.encode(post), EOS) for post in POSTS]).astype(np.int32)
+
+
+BASELINE = export.unigram_bpc(train_tokens())
+
+
+def make_inputs(tmp_path: Path, val_bpc: float) -> tuple[Path, Path]:
+    """A best checkpoint scoring `val_bpc` and the processed folder it was trained on."""
+    model = tiny_model()
+    meta = {
+        "model": bundle.model_config(model),
+        "train_params": {"model": "lstm", "rnn_size": 8, "num_layers": 1, "max_steps": 10},
+        "vocab_size": len(VOCAB),
+        "step": 10,
+        "val_loss": val_bpc * np.log(2),
+        "val_bpc": val_bpc,
+        "train_loss": 1.0,
+    }
+    best = tmp_path / "models" / "checkpoints" / "best.msgpack"
+    checkpoint.save(best, meta, tiny_variables(model)["params"])
+    processed = tmp_path / "data" / "processed"
+    processed.mkdir(parents=True)
+    VOCAB.save(processed / "vocab.json")
+    np.save(processed / "train.npy", train_tokens())
+    (tmp_path / "params.yaml").write_text("export:\n  min_improvement_bpc: 0.5\n")
+    return best, processed
+
+
+def run_stage(tmp_path: Path, best: Path, processed: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO / "stages" / "export.py"), str(best), str(processed), "models/export"]
+    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
+
+
+def test_unigram_baseline_is_the_entropy_of_the_characters():
+    assert export.unigram_bpc(np.array([0, 1, 2, 3] * 5)) == pytest.approx(2.0)
+    assert export.unigram_bpc(np.array([7] * 9)) == pytest.approx(0.0)
+    assert export.unigram_bpc(np.array([0, 0, 0, 1])) == pytest.approx(0.8112781)
+
+
+def test_a_model_that_beats_the_baseline_is_exported(tmp_path):
+    best, processed = make_inputs(tmp_path, val_bpc=BASELINE - 1.0)
+    result = run_stage(tmp_path, best, processed)
+    assert result.returncode == 0, result.stderr
+    exported = bundle.load(tmp_path / "models" / "export")
+    assert result.stdout.startswith(f"exported model {exported.version}")
+    manifest = exported.manifest
+    assert manifest["metrics"]["val_bpc"] == pytest.approx(BASELINE - 1.0)
+    assert manifest["metrics"]["improvement_bpc"] == pytest.approx(1.0, abs=1e-3)
+    assert manifest["metrics"]["step"] == 10
+    assert manifest["train_params"]["max_steps"] == 10
+    assert manifest["data"] == {
+        "train_chars": train_tokens().size,
+        "train_posts": len(POSTS),
+        "vocab_size": len(VOCAB),
+        "unigram_bpc": round(BASELINE, 4),
+    }
+    assert exported.vocab == VOCAB
+
+
+def test_a_model_no_better_than_the_baseline_is_refused_in_one_line(tmp_path):
+    best, processed = make_inputs(tmp_path, val_bpc=BASELINE - 0.2)
+    result = run_stage(tmp_path, best, processed)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: export refused: validation ")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "min_improvement_bpc" in result.stderr
+    assert not (tmp_path / "models" / "export" / "manifest.json").exists()
+
+
+def test_the_gate_follows_its_parameter(tmp_path):
+    best, processed = make_inputs(tmp_path, val_bpc=BASELINE - 0.2)
+    export.run(ExportParams(min_improvement_bpc=0.1), best, processed, tmp_path / "loose")
+    with pytest.raises(UserError, match="export refused"):
+        export.run(ExportParams(min_improvement_bpc=0.3), best, processed, tmp_path / "strict")
+
+
+def test_a_vocabulary_that_does_not_fit_the_checkpoint_is_a_user_error(tmp_path):
+    best, processed = make_inputs(tmp_path, val_bpc=1.0)
+    (processed / "vocab.json").write_text('{"specials": ["<eos>", "<unk>"], "chars": ["a", "b"]}')
+    with pytest.raises(UserError, match="dvc repro train"):
+        export.run(ExportParams(), best, processed, tmp_path / "out")
+
+
+def test_missing_inputs_are_user_errors(tmp_path):
+    best, processed = make_inputs(tmp_path, val_bpc=1.0)
+    (processed / "train.npy").unlink()
+    with pytest.raises(UserError, match="train.npy not found"):
+        export.run(ExportParams(), best, processed, tmp_path / "out")
+    with pytest.raises(UserError, match="no checkpoint"):
+        export.run(ExportParams(), tmp_path / "nothing.msgpack", processed, tmp_path / "out")
