@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 # Stage commands in dvc.yaml call `python`: the project venv must come first on PATH.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help install demo test test-slow lint bench serve deploy moto
+.PHONY: help install demo test test-slow lint bench plots serve deploy moto
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ lint: install  ## ruff
 
 bench: install  ## benchmarks: results in benchmarks/results/
 	$(BIN)/python -m benchmarks
+
+plots: install  ## the training curves in dvc_plots/index.html, a page that draws with no network
+	plots/show.sh dvc_plots
 
 PORT ?= 8080
 serve: install  ## serve the exported bundle on http://localhost:8080/ (PORT=...; the web page: /app)
