@@ -8,6 +8,7 @@ mutating call goes through `Aws.change`, which makes it, or, when planning, only
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -43,7 +44,8 @@ class Aws:
         say: Callable[[str], None] | None = None,
     ):
         try:
-            self.session = session or boto3.Session(region_name=region)
+            # botocore reads AWS_DEFAULT_REGION; the other AWS tools and SDKs also read AWS_REGION.
+            self.session = session or boto3.Session(region_name=region or os.environ.get("AWS_REGION"))
         except botocore.exceptions.ProfileNotFound as error:
             raise UserError(f"{error}: set AWS_PROFILE to a profile in ~/.aws/config") from None
         if not self.session.region_name:

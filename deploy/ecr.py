@@ -130,8 +130,9 @@ def push(aws: Aws, repository: str, image: OciImage, tag: str, repository_existe
         present = set()
     missing = [blob for blob in image.blobs if blob.digest not in present]
     for blob in missing:
+        kind = "config" if blob == image.blobs[0] else "layer"
         aws.change(
-            f"upload layer {blob.digest[:19]} ({blob.size / 1e6:.1f} MB) to ECR {repository}",
+            f"upload {kind} {blob.digest[:19]} ({blob.size / 1e6:.1f} MB) to ECR {repository}",
             lambda blob=blob: _upload(ecr, repository, blob),
         )
     aws.change(

@@ -106,3 +106,11 @@ def test_missing_credentials_or_region_is_one_line_and_exit_status_2(project, mi
     assert result.stderr.splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith(message)
     assert "Traceback" not in result.stderr
+
+
+def test_aws_region_alone_is_enough_as_for_the_other_aws_tools(project):
+    cwd, name = project
+    env = {key: value for key, value in os.environ.items() if key != "AWS_DEFAULT_REGION"}
+    result = run(cwd, str(TWEETBOT), "deploy", "--plan", env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"would create ECS cluster {name}" in result.stderr
