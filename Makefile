@@ -19,8 +19,10 @@ install:  ## install uv (pinned) and the locked dependencies into .venv
 	@if command -v npm >/dev/null; then npm ci --prefix .github/lint --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: tests/test_deploy_workflows.py will be skipped"; fi
 
-demo: install  ## run the pipeline on the built-in demo data (up to the image; `make deploy` deploys it)
-	$(BIN)/dvc repro image
+# The demo stops at the exported bundle: the image needs a container builder and the deploy needs AWS
+# (`dvc repro image`, `make deploy`).
+demo: install  ## run the pipeline on the built-in demo data up to the exported bundle, then show samples
+	$(BIN)/dvc repro export
 	$(BIN)/tweetbot summary
 
 test: install  ## the default test suite (minutes)
