@@ -1,7 +1,7 @@
-"""The compiled, batched sampler: many requests, each with its own settings, in one `lax.scan`.
+"""The compiled, batched sampler: many requests, each with its own settings, generated in one compiled loop.
 
     sampler = Sampler(model, variables, vocab)
-    sampler.warmup()                                    # compile every bucket once (a server: before ready)
+    sampler.warmup()                                    # compile each batch size (a server: before ready)
     texts = sampler.generate([SampleRequest(prime="Hello", temperature=0.8, seed=1), SampleRequest()])
     for deltas in sampler.stream(requests):             # the same texts, a chunk of steps at a time
         ...                                             # deltas[i]: what request i wrote since the last chunk
@@ -10,7 +10,7 @@ How a row is generated. The model reads the sequence `EOS, prime..., sample...`:
 end-of-post symbol, as in training, where posts follow each other with EOS between them. Step `t` feeds the
 row's token `t` and yields token `t + 1`: while `t < len(prime)` that is the next prime character (teacher
 forcing), after that it is a sample. A row stops at EOS or after `max_length` samples and then emits only EOS.
-Rows with different primes and lengths therefore share one scan of `prime + length` steps.
+Rows with different primes and lengths therefore share one loop of `prime + length` steps.
 
 Sampling a step: the unknown-character symbol (UNK) is never drawn. A temperature below `GREEDY_BELOW` is
 greedy (argmax); otherwise the logits are divided by the temperature, cut to the `top_k` most likely tokens
@@ -19,10 +19,12 @@ inverse CDF from one uniform number, which for row r at step t comes from `fold_
 depends only on its own request, never on its batch-mates, so a request gives the same text alone or batched,
 one-shot or streamed.
 
-Shapes are bucketed so a server compiles a handful of programs once: the batch is padded to a power of two
-(`BATCH_BUCKETS`, larger request lists run in several batches), the steps to `PRIME_BUCKET` (only when some
-row has a prime) plus the smallest of `LENGTH_BUCKETS` that holds the longest `max_length`. Streaming runs
-`STREAM_CHUNK` steps per compiled call and keeps the recurrent state on the device between calls.
+Compiled shapes depend only on the batch size, padded to a power of two (`BATCH_BUCKETS`; longer request
+lists run in several batches), so a server compiles two programs per batch size once (`warmup`). Each program
+is a `lax.scan` over `STREAM_CHUNK` steps; the one-shot program repeats it in a `lax.while_loop` until the
+longest row's `prime + max_length` steps are done or every row has ended, so a batch of short posts stops
+early and no length needs a program of its own. Streaming calls the chunk program from the host and keeps the
+recurrent state on the device between calls. Both run the same steps, so they write the same text.
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ from tweetbot.errors import UserError
 from tweetbot.vocab import EOS, UNK, Vocab
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-LENGTH_BUCKETS = (64, 280, 1000)
-PRIME_BUCKET = 64  # the longest prime; a batch with any prime runs this many steps more
-STREAM_CHUNK = 32
+PRIME_BUCKET = 256  # the longest prime
+MAX_LENGTH = 1000  # the most characters a request may ask for after its prime
+STREAM_CHUNK = 32  # steps per compiled scan
+MAX_STEPS = STREAM_CHUNK * math.ceil((PRIME_BUCKET + MAX_LENGTH) / STREAM_CHUNK)  # the room each row has
 GREEDY_BELOW = 1e-4  # temperatures below this take the most likely token
 MAX_SEED = 2**32 - 1
 
@@ -70,8 +73,8 @@ def check(request: SampleRequest, vocab: Vocab) -> None:
         raise UserError(f"top_k {request.top_k} must be >= 0 (0 keeps every token)")
     if not 0 < request.top_p <= 1:
         raise UserError(f"top_p {request.top_p} must be in (0, 1] (1 keeps every token)")
-    if not 1 <= request.max_length <= LENGTH_BUCKETS[-1]:
-        raise UserError(f"max_length {request.max_length} must be between 1 and {LENGTH_BUCKETS[-1]}")
+    if not 1 <= request.max_length <= MAX_LENGTH:
+        raise UserError(f"max_length {request.max_length} must be between 1 and {MAX_LENGTH}")
     if not 0 <= request.seed <= MAX_SEED:
         raise UserError(f"seed {request.seed} must be between 0 and {MAX_SEED}")
 
@@ -142,7 +145,7 @@ class Sampler:
         self.vocab = vocab
         self._generate = jax.jit(self._generate_batch)
         self._start = jax.jit(self._start_state, static_argnums=0)
-        self._chunk = jax.jit(self._run)
+        self._chunk = jax.jit(self._run_chunk)
 
     # --- the compiled parts -------------------------------------------------------------------------------
 
@@ -151,35 +154,48 @@ class Sampler:
         tokens = jnp.full((batch_size,), EOS, jnp.int32)
         return self.model.initial_carry(batch_size), tokens, jnp.zeros((batch_size,), bool)
 
-    def _run(self, variables, state, first_step, primes, rows: _Rows):
-        """Advance every row `primes.shape[1]` steps from `first_step`; return the state and the tokens."""
+    def _run_chunk(self, variables, state, first_step, primes, rows: _Rows):
+        """Advance every row STREAM_CHUNK steps from `first_step`; return the new state and the tokens.
 
-        def step(state, inputs):
+        primes [B, MAX_STEPS] holds each row's prime ids from column 0 (what follows is never read).
+        """
+
+        def step(state, t):
             carry, token, finished = state
-            t, prime_token = inputs
             logits, carry = self.model.apply(variables, token[:, None], carry, train=False)
             sampled = draw(logits[:, 0], t, rows)
             in_prime = t < rows.prime_len
             finished |= ~in_prime & ((sampled == EOS) | (t - rows.prime_len >= rows.max_length))
-            token = jnp.where(finished, EOS, jnp.where(in_prime, prime_token, sampled))
+            token = jnp.where(finished, EOS, jnp.where(in_prime, primes[:, t], sampled))
             return (carry, token, finished), token
 
-        steps = first_step + jnp.arange(primes.shape[1], dtype=jnp.int32)
-        state, tokens = jax.lax.scan(step, state, (steps, primes.T))
+        steps = first_step + jnp.arange(STREAM_CHUNK, dtype=jnp.int32)
+        state, tokens = jax.lax.scan(step, state, steps)
         return state, tokens.T
 
     def _generate_batch(self, variables, primes, rows: _Rows):
-        state = self._start_state(primes.shape[0])
-        _, tokens = self._run(variables, state, jnp.int32(0), primes, rows)
-        return tokens
+        """Run chunks until every row has finished; return the tokens [B, MAX_STEPS] (EOS after the end)."""
+        steps_needed = jnp.max(rows.prime_len + rows.max_length)
+
+        def unfinished(loop):
+            first, (_, _, finished), _ = loop
+            return (first < steps_needed) & ~jnp.all(finished)
+
+        def next_chunk(loop):
+            first, state, tokens = loop
+            state, written = self._run_chunk(variables, state, first, primes, rows)
+            return first + STREAM_CHUNK, state, jax.lax.dynamic_update_slice_in_dim(tokens, written, first, 1)
+
+        start = (jnp.int32(0), self._start_state(primes.shape[0]), jnp.full(primes.shape, EOS, jnp.int32))
+        return jax.lax.while_loop(unfinished, next_chunk, start)[2]
 
     # --- the host side ------------------------------------------------------------------------------------
 
-    def _batch(self, requests: Sequence[SampleRequest], steps: int):
-        """Pad `requests` to their batch bucket; return the prime array [B, steps] and the rows' settings."""
+    def _batch(self, requests: Sequence[SampleRequest]):
+        """Pad `requests` to their batch bucket; return the primes [B, MAX_STEPS] and the rows' settings."""
         size = bucket(len(requests), BATCH_BUCKETS)
         padded = list(requests) + [SampleRequest(max_length=1)] * (size - len(requests))
-        primes = np.full((size, steps), EOS, np.int32)
+        primes = np.full((size, MAX_STEPS), EOS, np.int32)
         for row, request in enumerate(padded):
             primes[row, : len(request.prime)] = self.vocab.encode(request.prime)
         rows = _Rows(
@@ -192,10 +208,6 @@ class Sampler:
         )
         return primes, rows
 
-    def _steps(self, requests: Sequence[SampleRequest]) -> int:
-        prime = PRIME_BUCKET if any(r.prime for r in requests) else 0
-        return prime + bucket(max(r.max_length for r in requests), LENGTH_BUCKETS)
-
     def _checked_batches(self, requests: Sequence[SampleRequest]) -> Iterator[Sequence[SampleRequest]]:
         for request in requests:
             check(request, self.vocab)
@@ -203,11 +215,10 @@ class Sampler:
             yield requests[start : start + BATCH_BUCKETS[-1]]
 
     def generate(self, requests: Sequence[SampleRequest]) -> list[str]:
-        """The text of each request (without its prime), in order."""
+        """The text of each request (without its prime), in order; more than 64 run as several batches."""
         texts = []
         for batch in self._checked_batches(requests):
-            primes, rows = self._batch(batch, self._steps(batch))
-            tokens = np.asarray(self._generate(self.variables, primes, rows))
+            tokens = np.asarray(self._generate(self.variables, *self._batch(batch)))
             texts += [self.vocab.decode(tokens[row, len(r.prime) :]) for row, r in enumerate(batch)]
         return texts
 
@@ -219,25 +230,19 @@ class Sampler:
         if len(requests) > BATCH_BUCKETS[-1]:
             raise UserError(f"stream at most {BATCH_BUCKETS[-1]} requests at once, not {len(requests)}")
         (batch,) = self._checked_batches(requests)
-        steps = STREAM_CHUNK * math.ceil(max(len(r.prime) + r.max_length for r in batch) / STREAM_CHUNK)
-        primes, rows = self._batch(batch, steps)
+        primes, rows = self._batch(batch)
         state = self._start(primes.shape[0])
-        for first in range(0, steps, STREAM_CHUNK):
-            chunk = primes[:, first : first + STREAM_CHUNK]
-            state, tokens = self._chunk(self.variables, state, np.int32(first), chunk, rows)
+        for first in range(0, max(len(r.prime) + r.max_length for r in batch), STREAM_CHUNK):
+            state, tokens = self._chunk(self.variables, state, np.int32(first), primes, rows)
             tokens = np.asarray(tokens)
-            deltas = []
-            for row, request in enumerate(batch):
-                deltas.append(self.vocab.decode(tokens[row, max(len(request.prime) - first, 0) :]))
-            yield deltas
-            if all(np.asarray(state[2])[: len(batch)]):
+            yield [
+                self.vocab.decode(tokens[row, max(len(r.prime) - first, 0) :]) for row, r in enumerate(batch)
+            ]
+            if np.asarray(state[2]).all():
                 return
 
     def warmup(self, batch_sizes: Sequence[int] = BATCH_BUCKETS) -> None:
-        """Compile every bucket (one-shot and streaming) so no request waits for the compiler."""
-        some_char = self.vocab.chars[:1] and self.vocab.chars[0]
+        """Compile the programs of each batch size (one-shot and streaming) so no request waits for them."""
         for size in batch_sizes:
-            for length in LENGTH_BUCKETS:
-                for prime in ("", some_char):
-                    self.generate([SampleRequest(prime=prime, max_length=length)] * size)
-            next(self.stream([SampleRequest()] * size))
+            self.generate([SampleRequest(max_length=1)] * size)
+            next(self.stream([SampleRequest(max_length=1)] * size))
