@@ -19,6 +19,7 @@ things make it fast (benchmarks/train_speed.py measures them):
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import flax.linen as nn
@@ -36,6 +37,7 @@ class CharRNN(nn.Module):
     cell: Cell = "lstm"
     input_keep_prob: float = 1.0
     output_keep_prob: float = 1.0
+    matmul_dtype: str = "float32"  # "bfloat16": matmul inputs rounded to bfloat16, sums and state in float32
 
     def initial_carry(self, batch_size: int):
         """Zero state for every layer: (c, h) for an LSTM, h for a GRU or a vanilla RNN."""
@@ -46,15 +48,16 @@ class CharRNN(nn.Module):
     @nn.compact
     def __call__(self, tokens: jax.Array, carry, train: bool = False):
         hidden, gates = self.rnn_size, GATES[self.cell]
+        dot = partial(mixed_dot_general, jnp.dtype(self.matmul_dtype))
         x = nn.Embed(self.vocab_size, hidden, name="embed")(tokens.T)  # time-major: [T, B, H]
         new_carry = []
         for layer in range(self.num_layers):
             x = nn.Dropout(1.0 - self.input_keep_prob, deterministic=not train)(x)
             # Biases live in the input projection (one add per sequence, not per step).
-            x_proj = nn.Dense(gates * hidden, name=f"x_proj_{layer}")(x)
+            x_proj = nn.Dense(gates * hidden, dot_general=dot, name=f"x_proj_{layer}")(x)
             w_h = self.param(f"w_h_{layer}", nn.initializers.orthogonal(), (hidden, gates * hidden))
             if self.cell == "lstm":
-                layer_carry, x = lstm(x_proj, w_h, carry[layer])
+                layer_carry, x = lstm(x_proj, w_h, carry[layer], self.matmul_dtype)
             elif self.cell == "gru":
                 b_hn = self.param(f"b_hn_{layer}", nn.initializers.zeros_init(), (hidden,))
                 layer_carry, x = gru(x_proj, w_h, b_hn, carry[layer])
@@ -62,8 +65,22 @@ class CharRNN(nn.Module):
                 layer_carry, x = simple_rnn(x_proj, w_h, carry[layer])
             x = nn.Dropout(1.0 - self.output_keep_prob, deterministic=not train)(x)
             new_carry.append(layer_carry)
-        logits = nn.Dense(self.vocab_size, name="head")(x)
+        logits = nn.Dense(self.vocab_size, dot_general=dot, name="head")(x)
         return logits.swapaxes(0, 1), tuple(new_carry)
+
+
+def mixed_dot_general(dtype, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """`lax.dot_general` on inputs rounded to `dtype`, summed in their own precision (for nn.Dense)."""
+    summed = jnp.result_type(lhs, rhs)
+    return jax.lax.dot_general(
+        lhs.astype(dtype), rhs.astype(dtype), dimension_numbers, preferred_element_type=summed
+    )
+
+
+def matmul(a, b, dtype):
+    """`a @ b` on inputs rounded to `dtype`, summed in their own precision."""
+    summed = jnp.result_type(a, b)
+    return jnp.matmul(a.astype(dtype), b.astype(dtype), preferred_element_type=summed)
 
 
 # The recurrences. Each takes the projected inputs [T, B, G*H] and the recurrent weights [H, G*H] and returns
@@ -75,10 +92,10 @@ def _lstm_gates(z):
     return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
 
 
-def _lstm_forward(x_proj, w_h, carry):
+def _lstm_forward(x_proj, w_h, carry, dtype):
     def step(carry, z_x):
         c, h = carry
-        i, f, g, o = _lstm_gates(z_x + h @ w_h)
+        i, f, g, o = _lstm_gates(z_x + matmul(h, w_h, dtype))
         c = f * c + i * g
         h = o * jnp.tanh(c)
         return (c, h), (h, c, jnp.concatenate([i, f, g, o], axis=-1))
@@ -87,22 +104,22 @@ def _lstm_forward(x_proj, w_h, carry):
     return final, hs, cs, acts
 
 
-@jax.custom_vjp
-def lstm(x_proj, w_h, carry):
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def lstm(x_proj, w_h, carry, dtype="float32"):
     """LSTM over time: carry (c, h) each [B, H]; gates in order i, f, g, o, forget bias in x_proj."""
-    final, hs, _, _ = _lstm_forward(x_proj, w_h, carry)
+    final, hs, _, _ = _lstm_forward(x_proj, w_h, carry, dtype)
     return final, hs
 
 
-def _lstm_fwd(x_proj, w_h, carry):
-    final, hs, cs, acts = _lstm_forward(x_proj, w_h, carry)
+def _lstm_fwd(x_proj, w_h, carry, dtype):
+    final, hs, cs, acts = _lstm_forward(x_proj, w_h, carry, dtype)
     c0, h0 = carry
     c_prev = jnp.concatenate([c0[None], cs[:-1]])
     h_prev = jnp.concatenate([h0[None], hs[:-1]])
     return (final, hs), (w_h, c_prev, h_prev, cs, acts)
 
 
-def _lstm_bwd(residuals, cotangents):
+def _lstm_bwd(dtype, residuals, cotangents):
     w_h, c_prev, h_prev, cs, acts = residuals
     (dc_last, dh_last), dhs = cotangents
     w_h_t = w_h.T
@@ -123,11 +140,11 @@ def _lstm_bwd(residuals, cotangents):
             ],
             axis=-1,
         )
-        return (dc * f, dz @ w_h_t), dz
+        return (dc * f, matmul(dz, w_h_t, dtype)), dz
 
     (dc0, dh0), dz = jax.lax.scan(step, (dc_last, dh_last), (dhs, c_prev, cs, acts), reverse=True)
     # The weight gradient summed over every step as one matmul, outside the loop.
-    dw_h = jnp.einsum("tbh,tbg->hg", h_prev, dz)
+    dw_h = matmul(h_prev.reshape(-1, h_prev.shape[-1]).T, dz.reshape(-1, dz.shape[-1]), dtype)
     return dz, dw_h, (dc0, dh0)
 
 

@@ -1,0 +1,121 @@
+"""The CharRNN contract: shapes, state carry, dropout semantics, and the hand-written LSTM gradient."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tweetbot.model import CharRNN, _lstm_forward, lstm
+
+VOCAB, BATCH, TIME = 11, 3, 7
+
+
+def init(model: CharRNN, seed: int = 0):
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    return jax.jit(model.init)(jax.random.key(seed), tokens, model.initial_carry(1))
+
+
+def apply(model: CharRNN, *args, **kwargs):
+    """`model.apply`, compiled: one XLA program per shape is much faster than op-by-op dispatch."""
+    return _compiled(model)(*args, **kwargs)
+
+
+@functools.cache
+def _compiled(model: CharRNN):
+    return jax.jit(model.apply, static_argnames="train")
+
+
+def tokens(seed: int = 1, time: int = TIME):
+    return jax.random.randint(jax.random.key(seed), (BATCH, time), 0, VOCAB)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_shapes_and_carry_structure(cell):
+    model = CharRNN(VOCAB, rnn_size=8, num_layers=3, cell=cell)
+    carry = model.initial_carry(BATCH)
+    logits, new_carry = apply(model, init(model), tokens(), carry)
+    assert logits.shape == (BATCH, TIME, VOCAB)
+    assert logits.dtype == jnp.float32
+    assert jax.tree.structure(new_carry) == jax.tree.structure(carry)
+    assert [x.shape for x in jax.tree.leaves(new_carry)] == [(BATCH, 8)] * len(jax.tree.leaves(carry))
+    assert len(carry) == 3
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_one_step_at_a_time_equals_the_whole_sequence(cell):
+    """What the sampler relies on: T=1 calls with the carry passed on give the logits of one T-long call."""
+    model = CharRNN(VOCAB, rnn_size=8, num_layers=2, cell=cell)
+    variables, sequence = init(model), tokens()
+    whole, whole_carry = apply(model, variables, sequence, model.initial_carry(BATCH))
+    carry, steps = model.initial_carry(BATCH), []
+    for t in range(TIME):
+        logits, carry = apply(model, variables, sequence[:, t : t + 1], carry)
+        steps.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), whole, rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), carry, whole_carry)
+
+
+def test_carried_state_changes_the_output():
+    model = CharRNN(VOCAB, rnn_size=8, num_layers=2)
+    variables = init(model)
+    _, carry = apply(model, variables, tokens(seed=5), model.initial_carry(BATCH))
+    fresh, _ = apply(model, variables, tokens(), model.initial_carry(BATCH))
+    carried, _ = apply(model, variables, tokens(), carry)
+    assert not np.allclose(fresh, carried)
+
+
+def test_dropout_only_while_training():
+    model = CharRNN(VOCAB, rnn_size=16, num_layers=2, input_keep_prob=0.8, output_keep_prob=0.5)
+    no_dropout = model.clone(input_keep_prob=1.0, output_keep_prob=1.0)
+    variables, sequence, carry = init(model), tokens(), model.initial_carry(BATCH)
+
+    def train(seed):
+        rngs = {"dropout": jax.random.key(seed)}
+        return apply(model, variables, sequence, carry, train=True, rngs=rngs)[0]
+
+    evaluated = apply(model, variables, sequence, carry, train=False)[0]
+    np.testing.assert_allclose(evaluated, apply(no_dropout, variables, sequence, carry)[0], rtol=1e-6)
+    assert not np.allclose(train(0), evaluated)
+    assert not np.allclose(train(0), train(1))
+    np.testing.assert_array_equal(train(0), train(0))
+    # Keep probabilities of 1 mean no dropout at all, even while training.
+    plain_train = apply(no_dropout, variables, sequence, carry, train=True)[0]
+    np.testing.assert_allclose(plain_train, evaluated, rtol=1e-6)
+
+
+def test_lstm_backward_matches_autodiff():
+    keys = jax.random.split(jax.random.key(0), 5)
+    time, batch, hidden = 6, 3, 5
+    x_proj = jax.random.normal(keys[0], (time, batch, 4 * hidden))
+    w_h = jax.random.normal(keys[1], (hidden, 4 * hidden)) * 0.5
+    carry = (jax.random.normal(keys[2], (batch, hidden)), jax.random.normal(keys[3], (batch, hidden)))
+    weights = jax.random.normal(keys[4], (time, batch, hidden))
+
+    def autodiff_lstm(x_proj, w_h, carry):
+        final, hs, _, _ = _lstm_forward(x_proj, w_h, carry, "float32")
+        return final, hs
+
+    def loss(recurrence):
+        def value(x_proj, w_h, carry):
+            (c, h), hs = recurrence(x_proj, w_h, carry)
+            return jnp.sum(hs * weights) + jnp.sum(c**2) + 3 * jnp.sum(h)
+
+        return jax.grad(value, argnums=(0, 1, 2))(x_proj, w_h, carry)
+
+    for mine, reference in zip(
+        jax.tree.leaves(loss(lstm)), jax.tree.leaves(loss(autodiff_lstm)), strict=True
+    ):
+        np.testing.assert_allclose(mine, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_matmuls_stay_close_to_float32():
+    model = CharRNN(VOCAB, rnn_size=32, num_layers=2)
+    variables, sequence, carry = init(model), tokens(), model.initial_carry(BATCH)
+    exact = apply(model, variables, sequence, carry)[0]
+    rounded = apply(model.clone(matmul_dtype="bfloat16"), variables, sequence, carry)[0]
+    assert rounded.dtype == jnp.float32
+    np.testing.assert_allclose(rounded, exact, atol=0.05)
