@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import tarfile
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,11 +57,6 @@ def moto_server() -> Iterator[str]:
             yield url
         finally:
             server.stop()
-
-
-def reset(url: str) -> None:
-    """Forget every resource the server holds."""
-    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=10).close()
 
 
 @contextlib.contextmanager
