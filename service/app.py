@@ -11,34 +11,39 @@ Every bound is checked before the model runs, and a bad value is a 400 whose `ex
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
+import msgspec
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import ServiceUnavailableException, ValidationException
 from litestar.logging import LoggingConfig
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
-from litestar.params import JSONBody, Parameter
-from litestar.plugins.prometheus import PrometheusController
+from litestar.params import Body, Parameter
 from litestar.response import File, ServerSentEvent, ServerSentEventMessage
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.bot import Bot
 from service.observability import JsonFormatter, RequestObserver
 from service.schemas import (
     MAX_POST_CHARS,
     MAX_PRIME_CHARS,
+    MAX_TOP_K,
+    SEED_SCHEMA,
     GenerateRequest,
     GenerateResponse,
     Health,
     Post,
     Readiness,
+    StreamChunk,
+    StreamDone,
+    StreamEvent,
 )
 from service.settings import Settings
 from tweetbot.errors import UserError
@@ -48,9 +53,18 @@ PAGE = Path(__file__).parent / "static" / "index.html"
 
 # Query parameters share the bounds of the POST body (service/schemas.py).
 TemperatureQuery = Annotated[float, Parameter(gt=0, le=5, description="softmax temperature")]
-PrimeQuery = Annotated[str, Parameter(max_length=MAX_PRIME_CHARS, description="text the post starts with")]
-SeedQuery = Annotated[int | None, Parameter(ge=0, le=MAX_SEED, description="same seed, same text")]
+PrimeQuery = Annotated[
+    str,
+    Parameter(
+        max_length=MAX_PRIME_CHARS, description="text the post starts with, in characters the model knows"
+    ),
+]
+SeedQuery = Annotated[
+    int | None, Parameter(ge=0, le=MAX_SEED, description="same seed, same text", schema_extra=SEED_SCHEMA)
+]
 ReadyBot = NamedDependency[Bot]  # injected by `ready_bot`
+# msgspec rejects unknown fields; Litestar does not say so in the schema by itself.
+StrictJSONBody = Body(schema_extra={"additionalProperties": False})
 
 
 def ready_bot(state: State) -> Bot:
@@ -93,7 +107,7 @@ async def new_post(
 
 
 @post("/generate", status_code=200, summary="Samples with every sampling setting")
-async def generate(bot: ReadyBot, data: JSONBody[GenerateRequest]) -> GenerateResponse:
+async def generate(bot: ReadyBot, data: Annotated[GenerateRequest, StrictJSONBody]) -> GenerateResponse:
     check_prime(bot, data.prime, "body")
     seeds = bot.seeds(data.seed, data.n)
     requests = [
@@ -110,12 +124,23 @@ async def generate(bot: ReadyBot, data: JSONBody[GenerateRequest]) -> GenerateRe
     return GenerateResponse(samples=await bot.generate(requests), seeds=seeds, model_version=bot.version)
 
 
-@get("/stream", summary="One sample as server-sent events: `data` {text} chunks, then a `done` event")
+@get(
+    "/stream",
+    summary="One sample as server-sent events",
+    # Documented here rather than as the handler's media type, which would also label its 400s as a stream.
+    responses={
+        200: ResponseSpec(
+            StreamEvent,
+            media_type="text/event-stream",
+            description='events of {"text": the next characters}, then a `done` event',
+        )
+    },
+)
 async def stream(
     bot: ReadyBot,
     temperature: TemperatureQuery = 1.0,
     prime: PrimeQuery = "",
-    top_k: Annotated[int | None, Parameter(ge=1)] = None,
+    top_k: Annotated[int | None, Parameter(ge=1, le=MAX_TOP_K)] = None,
     top_p: Annotated[float, Parameter(gt=0, le=1)] = 1.0,
     max_length: Annotated[int, Parameter(ge=1, le=1000)] = MAX_POST_CHARS,
     seed: SeedQuery = None,
@@ -130,9 +155,9 @@ async def stream(
 
     def events() -> Iterator[ServerSentEventMessage]:  # Litestar runs a sync iterator in a worker thread
         for chunk in chunks:
-            yield ServerSentEventMessage(data=json.dumps({"text": chunk}, ensure_ascii=False))
-        done = {"model_version": bot.version, "seed": seed}
-        yield ServerSentEventMessage(event="done", data=json.dumps(done))
+            yield ServerSentEventMessage(data=msgspec.json.encode(StreamChunk(chunk)).decode())
+        done = StreamDone(model_version=bot.version, seed=seed)
+        yield ServerSentEventMessage(event="done", data=msgspec.json.encode(done).decode())
 
     return ServerSentEvent(events())
 
@@ -147,6 +172,11 @@ async def readyz(state: State) -> Response[Readiness]:
     bot: Bot = state.bot
     readiness = Readiness(ready=bot.ready, model_version=bot.version, detail=bot.problem)
     return Response(readiness, status_code=200 if bot.ready else 503)
+
+
+@get("/metrics", media_type=CONTENT_TYPE_LATEST, summary="Prometheus metrics", sync_to_thread=False)
+def metrics() -> bytes:
+    return generate_latest()
 
 
 @get("/app", media_type=MediaType.HTML, include_in_schema=False)
@@ -168,7 +198,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await bot.stop()
 
     return Litestar(
-        route_handlers=[new_post, generate, stream, healthz, readyz, page, PrometheusController],
+        route_handlers=[new_post, generate, stream, healthz, readyz, metrics, page],
         dependencies={"bot": Provide(ready_bot, sync_to_thread=False)},
         exception_handlers={UserError: user_error_is_a_bad_request},
         lifespan=[model_lifespan],

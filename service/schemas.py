@@ -6,7 +6,7 @@ needs the model (prime characters must be in the vocabulary) is checked by the h
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -16,15 +16,29 @@ from tweetbot.sample import MAX_SEED, PRIME_BUCKET
 MAX_POST_CHARS = 280  # a post, as `GET /` has always returned it
 MAX_PRIME_CHARS = PRIME_BUCKET  # the longest prime the compiled sampler takes
 
+MAX_TOP_K = 1000  # a character vocabulary is smaller: any k at or above its size keeps every character
+
 Temperature = Annotated[float, Meta(gt=0, le=5, description="softmax temperature: low is safe, high is wild")]
-Prime = Annotated[str, Meta(max_length=MAX_PRIME_CHARS, description="text the sample starts with")]
-Seed = Annotated[int, Meta(ge=0, le=MAX_SEED, description="same seed, same text")]
+Prime = Annotated[
+    str,
+    Meta(
+        max_length=MAX_PRIME_CHARS, description="text the sample starts with, in characters the model knows"
+    ),
+]
+# Litestar drops a bound of 0 from the OpenAPI schema of an optional field (it tests the bound for truth), so
+# the seed's lower bound is stated again for the schema; msgspec enforces `ge=0` itself.
+SEED_SCHEMA = {"minimum": 0}
+Seed = Annotated[
+    int, Meta(ge=0, le=MAX_SEED, description="same seed, same text", extra_json_schema={"extra": SEED_SCHEMA})
+]
 
 
 class GenerateRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     prime: Prime = ""
     temperature: Temperature = 1.0
-    top_k: Annotated[int, Meta(ge=1, description="sample only from the k likeliest characters")] | None = None
+    top_k: Annotated[int, Meta(ge=1, le=MAX_TOP_K, description="only the k likeliest characters")] | None = (
+        None
+    )
     top_p: Annotated[float, Meta(gt=0, le=1, description="nucleus: the smallest set of this much mass")] = 1.0
     max_length: Annotated[int, Meta(ge=1, le=1000, description="characters generated after the prime")] = (
         MAX_POST_CHARS
@@ -41,6 +55,24 @@ class GenerateResponse(msgspec.Struct, kw_only=True):
 
 class Post(msgspec.Struct):
     text: str
+
+
+class StreamEvent(msgspec.Struct):
+    """A server-sent event of `GET /stream`, as the OpenAPI schema describes it."""
+
+    data: Annotated[
+        str, Meta(description='JSON: {"text": ...} in a message, {"model_version", "seed"} in done')
+    ]
+    event: Literal["message", "done"] = "message"
+
+
+class StreamChunk(msgspec.Struct):
+    text: str  # the next characters of the sample (the prime comes first)
+
+
+class StreamDone(msgspec.Struct, kw_only=True):
+    model_version: str
+    seed: int
 
 
 class Health(msgspec.Struct):
