@@ -119,139 +119,117 @@ def load_split(data_dir: Path, name: str) -> np.ndarray:
 
 
 def run(params: TrainParams, data_dir: Path, checkpoint_dir: Path, live_dir: Path) -> dict:
-    """Train as `params` says; returns the final metrics."""
+    """Train as `params` says; returns the final metrics (also in `meta` of the checkpoints)."""
     from dvclive import Live  # the pipeline's dependency, not the service's
 
-    data_dir, checkpoint_dir = Path(data_dir), Path(checkpoint_dir)
+    data_dir, checkpoint_dir, live_dir = Path(data_dir), Path(checkpoint_dir), Path(live_dir)
     vocab_size = len(Vocab.load(data_dir / "vocab.json"))
-    train_lanes = Lanes(load_split(data_dir, "train"), params.batch_size, params.seq_length)
-    val_inputs, val_targets = eval_lanes(
-        load_split(data_dir, "val"), params.batch_size, params.seq_length
-    ).all_windows()
+    lanes = Lanes(load_split(data_dir, "train"), params.batch_size, params.seq_length)
+    val = eval_lanes(load_split(data_dir, "val"), params.batch_size, params.seq_length).all_windows()
 
     model = build_model(params, vocab_size)
     state = create_state(model, params, params.seed)
-    carry = model.initial_carry(params.batch_size)
-    meta = {"step": 0, "best_val_loss": math.inf, "chars_seen": 0, "train_seconds": 0.0}
     if params.init_from:
         state = state.replace(params=_fine_tune_start(Path(params.init_from), state.params))
+    carry = model.initial_carry(params.batch_size)
+    meta = {"step": 0, "best_val_loss": math.inf, "chars_seen": 0, "train_seconds": 0.0}
+    meta.update(model=_fields(model), train_params=dataclasses.asdict(params), vocab_size=vocab_size)
+    meta["data_hash"] = _fingerprint(data_dir)
 
-    data_hash = _fingerprint(data_dir)
-    meta["data_hash"] = data_hash
     last_path = checkpoint_dir / checkpoint.LAST
-    resumed = _resumable(last_path, params, data_hash)
+    resumed = _resumable(last_path, meta)
     if resumed:
-        state, carry, meta = _resume(resumed, state, carry)
+        state, carry = _resume(resumed, state, carry, meta)
         print(f"resuming from {last_path} at step {meta['step']}", flush=True)
     else:  # checkpoints of another run must not pass for this one's
         for name in (checkpoint.BEST, checkpoint.LAST):
             (checkpoint_dir / name).unlink(missing_ok=True)
 
-    train_step = make_train_step(model, params.seed)
-    evaluate = make_evaluate(model)
-    with Live(str(live_dir), resume=bool(resumed), dvcyaml=None, save_dvc_exp=False) as live:
-        if resumed:
-            _drop_rows_after(Path(live_dir), meta["step"])
-        return _loop(
-            params,
-            model,
-            state,
-            carry,
-            meta,
-            train_lanes,
-            (val_inputs, val_targets),
-            train_step,
-            evaluate,
-            checkpoint_dir,
-            live,
-            vocab_size,
-        )
-
-
-def _loop(
-    params, model, state, carry, meta, lanes, val, train_step, evaluate, checkpoint_dir, live, vocab_size
-):
-    step = meta["step"]
-    window_chars = lanes.chars_per_window
     # Compile before the clock starts, so chars/s measures training, not XLA.
-    inputs, targets = lanes.window(step)
-    train_step = train_step.lower(state, carry, inputs, targets).compile()
-    evaluate = evaluate.lower(state.params, *val).compile()
-    losses: list[jax.Array] = []
-    val_loss = meta.get("val_loss", math.nan)
-    chars_per_second = meta.get("chars_per_second", 0.0)
-    interval_start, interval_chars = time.perf_counter(), 0
-    bar = tqdm(total=params.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
-    while step < params.max_steps and not _out_of_time(params, meta, interval_start):
-        k = step % lanes.windows_per_epoch
+    train_step = make_train_step(model, params.seed).lower(state, carry, *lanes.window(0)).compile()
+    evaluate = make_evaluate(model).lower(state.params, *val).compile()
+
+    bar = tqdm(total=params.max_steps, initial=meta["step"], desc="train", unit="step", dynamic_ncols=True)
+    with Live(str(live_dir), resume=bool(resumed), dvcyaml=None, save_dvc_exp=False) as live, bar:
+        if resumed:
+            _drop_rows_after(live_dir, meta["step"])
+        while meta["step"] < params.max_steps and not _out_of_time(params, meta["train_seconds"]):
+            state, carry, train_loss = _train_interval(
+                params, model, lanes, train_step, state, carry, meta, bar
+            )
+            val_loss = float(evaluate(state.params, *val))
+            if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+                bad = val_loss if math.isfinite(train_loss) else train_loss
+                raise NonFiniteLoss(
+                    f"the loss became {bad} by step {meta['step']}: lower learning_rate or grad_clip "
+                    "(the checkpoints keep the last finite state)"
+                )
+            best = val_loss < meta["best_val_loss"]
+            meta.update(train_loss=train_loss, val_loss=val_loss, val_bpc=val_loss / LN2)
+            meta["best_val_loss"] = min(val_loss, meta["best_val_loss"])
+            checkpoint.save(last_path, meta, state.params, state.opt_state, carry)
+            if best:
+                checkpoint.save(checkpoint_dir / checkpoint.BEST, meta, state.params)
+            _log(live, meta)
+            bar.set_postfix(
+                train_loss=f"{train_loss:.3f}",
+                val_loss=f"{val_loss:.3f}",
+                chars_s=f"{meta['chars_per_second']:,.0f}",
+            )
+    return {k: meta[k] for k in SUMMARY if k in meta}
+
+
+SUMMARY = ("step", "train_loss", "val_loss", "val_bpc", "best_val_loss", "train_seconds")
+
+
+def _train_interval(params, model, lanes, train_step, state, carry, meta, bar):
+    """Train up to the next evaluation (every eval_every steps, at max_steps, or when time runs out).
+
+    Returns the state, the carry and the mean training loss of the interval; accounts steps, characters
+    and time in `meta`."""
+    start, losses = time.perf_counter(), []
+    while True:
+        k = meta["step"] % lanes.windows_per_epoch
         if k == 0:
             carry = model.initial_carry(lanes.lanes)  # a new epoch starts from a clean state
-        inputs, targets = lanes.window(k)
-        state, carry, loss = train_step(state, carry, inputs, targets)
+        state, carry, loss = train_step(state, carry, *lanes.window(k))
         losses.append(loss)
-        step += 1
-        interval_chars += window_chars
+        meta["step"] += 1
         bar.update(1)
-        last = step >= params.max_steps or _out_of_time(params, meta, interval_start)
-        if step % params.eval_every and not last:
-            continue
-        # Every eval_every steps: account the time, score the validation split, checkpoint, log.
-        train_loss = float(jnp.mean(jnp.stack(losses)))
-        elapsed = time.perf_counter() - interval_start
-        meta["train_seconds"] += elapsed
-        meta["chars_seen"] += interval_chars
-        chars_per_second = interval_chars / elapsed
-        val_loss = float(evaluate(state.params, *val))
-        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-            raise NonFiniteLoss(
-                f"the loss became {val_loss if math.isfinite(train_loss) else train_loss} by step {step}: "
-                "lower learning_rate or grad_clip (the checkpoints keep the last finite state)"
-            )
-        meta.update(step=step, train_loss=train_loss, val_loss=val_loss, val_bpc=val_loss / LN2)
-        meta["chars_per_second"] = chars_per_second
-        best = val_loss < meta["best_val_loss"]
-        if best:
-            meta["best_val_loss"] = val_loss
-        _save(checkpoint_dir, params, model, vocab_size, meta, state, carry, best)
-        live.step = step
-        live.log_metric("train_loss", train_loss)
-        live.log_metric("val_loss", val_loss)
-        live.log_metric("val_bpc", val_loss / LN2)
-        live.log_metric("steps", step, plot=False)
-        live.log_metric("chars_per_second", round(chars_per_second), plot=False)
-        live.next_step()
-        bar.set_postfix(
-            train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", chars_s=f"{chars_per_second:,.0f}"
-        )
-        losses.clear()
-        interval_start, interval_chars = time.perf_counter(), 0
-    bar.close()
+        step = meta["step"]
+        if (
+            step % params.eval_every == 0
+            or step >= params.max_steps
+            or _out_of_time(params, meta["train_seconds"] + time.perf_counter() - start)
+        ):
+            break
+    train_loss = float(jnp.mean(jnp.stack(losses)))  # waits for the last step
+    elapsed = time.perf_counter() - start
+    meta["train_seconds"] += elapsed
+    meta["chars_seen"] += len(losses) * lanes.chars_per_window
+    meta["chars_per_second"] = len(losses) * lanes.chars_per_window / elapsed
+    return state, carry, train_loss
+
+
+def _log(live, meta: dict) -> None:
+    live.step = meta["step"]
+    for name in ("train_loss", "val_loss", "val_bpc"):
+        live.log_metric(name, meta[name])
+    live.log_metric("steps", meta["step"], plot=False)
+    live.log_metric("chars_per_second", round(meta["chars_per_second"]), plot=False)
+    live.next_step()
+
+
+def _out_of_time(params: TrainParams, seconds: float) -> bool:
+    """Whether `seconds` of training use up `time_budget_s` (a resumed run counts its earlier time too)."""
+    return params.time_budget_s is not None and seconds >= params.time_budget_s
+
+
+def _fields(model: CharRNN) -> dict:
+    """The CharRNN fields, to rebuild the model from a checkpoint."""
     return {
-        k: meta[k]
-        for k in ("step", "train_loss", "val_loss", "val_bpc", "best_val_loss", "train_seconds")
-        if k in meta
-    }
-
-
-def _out_of_time(params: TrainParams, meta: dict, interval_start: float) -> bool:
-    if params.time_budget_s is None:
-        return False
-    return meta["train_seconds"] + time.perf_counter() - interval_start >= params.time_budget_s
-
-
-def _save(checkpoint_dir, params, model, vocab_size, meta, state, carry, best: bool) -> None:
-    fields = {
         f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in ("parent", "name")
     }
-    full_meta = {
-        **meta,
-        "model": fields,
-        "train_params": dataclasses.asdict(params),
-        "vocab_size": vocab_size,
-    }
-    checkpoint.save(checkpoint_dir / checkpoint.LAST, full_meta, state.params, state.opt_state, carry)
-    if best:
-        checkpoint.save(checkpoint_dir / checkpoint.BEST, full_meta, state.params)
 
 
 def _fingerprint(data_dir: Path) -> str:
@@ -262,29 +240,28 @@ def _fingerprint(data_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def _resumable(last_path: Path, params: TrainParams, data_hash: str) -> dict | None:
+def _resumable(last_path: Path, meta: dict) -> dict | None:
     """The `last` checkpoint's record if it continues this very run (same params and data), else None."""
     if not last_path.is_file():
         return None
-    record = checkpoint.read(last_path)
-    saved = record["meta"]
-    same = {k: v for k, v in dataclasses.asdict(params).items() if k not in STOPPING_RULES}
-    before = {k: v for k, v in saved["train_params"].items() if k not in STOPPING_RULES}
-    if same != before or saved.get("data_hash") != data_hash:
-        return None
-    return record
+    saved = checkpoint.read(last_path)
+
+    def run_identity(meta):
+        params = {k: v for k, v in meta["train_params"].items() if k not in STOPPING_RULES}
+        return params, meta.get("data_hash")
+
+    return saved if run_identity(saved["meta"]) == run_identity(meta) else None
 
 
-def _resume(record: dict, state: TrainState, carry):
-    meta = {
-        k: v for k, v in record["meta"].items() if k not in ("model", "train_params", "vocab_size", "format")
-    }
+def _resume(record: dict, state: TrainState, carry, meta: dict):
+    """The state and carry of `record`; its counters and metrics go into `meta`."""
+    meta.update({k: v for k, v in record["meta"].items() if k not in ("train_params", "format")})
     state = state.replace(
         step=jnp.asarray(meta["step"], jnp.int32),
         params=checkpoint.restore(state.params, record["params"]),
         opt_state=checkpoint.restore(state.opt_state, record["opt_state"]),
     )
-    return state, checkpoint.restore(carry, record["carry"]), meta
+    return state, checkpoint.restore(carry, record["carry"])
 
 
 def _fine_tune_start(path: Path, fresh_params):

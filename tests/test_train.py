@@ -1,0 +1,130 @@
+"""Training: TBPTT lanes, a run that learns, determinism, exact resume, fine-tuning, the NaN stop."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from tests.trainkit import tiny_params, write_data
+from tweetbot import checkpoint, train
+from tweetbot.errors import UserError
+from tweetbot.input_pipeline import Lanes, eval_lanes
+from tweetbot.model import CharRNN
+
+
+def test_lanes_are_contiguous_and_targets_are_the_next_character():
+    tokens = np.arange(1000)
+    lanes = Lanes(tokens, lanes=4, seq_length=10)
+    assert lanes.windows_per_epoch == (999 // 4) // 10
+    first, first_targets = lanes.window(0)
+    second, _ = lanes.window(1)
+    assert first.shape == (4, 10)
+    np.testing.assert_array_equal(first_targets, first + 1)
+    np.testing.assert_array_equal(second[:, 0], first[:, -1] + 1)  # each row continues where it stopped
+    np.testing.assert_array_equal(first[:, 0], [0, 249, 498, 747])  # rows start far apart in the stream
+    np.testing.assert_array_equal(lanes.window(lanes.windows_per_epoch)[0], first)  # the next epoch
+
+
+def test_a_split_too_small_for_the_lanes_is_a_clear_error():
+    with pytest.raises(UserError, match="lower batch_size or seq_length"):
+        Lanes(np.arange(100), lanes=8, seq_length=16)
+    assert eval_lanes(np.arange(100), batch_size=8, seq_length=16).lanes == 6  # validation uses what fits
+
+
+def test_carrying_the_state_across_windows_equals_one_long_window():
+    """TBPTT reads a row window by window; the carried state makes that the same as reading it whole."""
+    model = CharRNN(vocab_size=50, rnn_size=8, num_layers=2)
+    variables = model.init(jax.random.key(0), np.zeros((1, 1), np.int32), model.initial_carry(1))
+    lanes = Lanes(np.arange(200) % 50, lanes=2, seq_length=5)
+    carry, logits = model.initial_carry(2), []
+    for inputs, _ in list(lanes)[:3]:
+        out, carry = model.apply(variables, inputs, carry)
+        logits.append(out)
+    whole, _ = model.apply(variables, lanes.rows[:, :15], model.initial_carry(2))
+    np.testing.assert_allclose(np.concatenate(logits, axis=1), whole, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_data(tmp_path_factory.mktemp("data"))
+
+
+DROPOUT = {"input_keep_prob": 0.9, "output_keep_prob": 0.8}  # so determinism covers the dropout keys too
+
+
+def run(folder, data, **changes):
+    metrics = train.run(tiny_params(**DROPOUT, **changes), data, folder / "checkpoints", folder / "live")
+    return without_timing(metrics), folder
+
+
+def without_timing(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "train_seconds"}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, data):
+    """One tiny 30-step run that several tests read."""
+    return run(tmp_path_factory.mktemp("base"), data)
+
+
+def test_a_tiny_run_learns_and_logs_for_dvc(base, data):
+    metrics, out = base
+    vocab_size = len(json.loads((data / "vocab.json").read_text())["chars"]) + 2
+    assert metrics["step"] == 30
+    assert metrics["val_loss"] < 0.8 * np.log(vocab_size)  # well below guessing uniformly
+    assert metrics["val_bpc"] == pytest.approx(metrics["val_loss"] / np.log(2))
+    logged = json.loads((out / "live" / "metrics.json").read_text())
+    assert {"val_loss", "val_bpc", "train_loss", "steps", "chars_per_second"} <= set(logged)
+    assert logged["steps"] == 30
+    curve = (out / "live" / "plots" / "metrics" / "val_loss.tsv").read_text().splitlines()
+    assert [row.split("\t")[0] for row in curve] == ["step", "10", "20", "30"]
+    assert (out / "live" / "plots" / "metrics" / "train_loss.tsv").exists()
+
+
+def test_checkpoints_rebuild_the_model_that_scored_the_validation_loss(base, data):
+    metrics, out = base
+    model, variables, meta = checkpoint.load_checkpoint(out / "checkpoints" / "best.msgpack")
+    assert meta["val_loss"] == metrics["best_val_loss"]
+    assert meta["vocab_size"] == model.vocab_size and meta["train_params"]["rnn_size"] == model.rnn_size == 16
+    val = np.load(data / "val.npy").astype(np.int32)
+    inputs, targets = eval_lanes(val, 8, 16).all_windows()
+    assert float(train.make_evaluate(model)(variables["params"], inputs, targets)) == pytest.approx(
+        meta["val_loss"], rel=1e-5
+    )
+    last = checkpoint.read(out / "checkpoints" / "last.msgpack")
+    assert {"opt_state", "carry"} <= set(last) and last["meta"]["step"] == 30
+
+
+def test_same_data_params_and_seed_give_the_same_losses(tmp_path, base, data):
+    again, _ = run(tmp_path, data)
+    assert again == base[0]
+
+
+def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path, base, data, capsys):
+    run(tmp_path, data, max_steps=20)  # stops at 20 as a killed run would ...
+    resumed, out = run(tmp_path, data)  # ... and goes on from its last checkpoint to 30
+    assert "resuming from" in capsys.readouterr().out
+    assert resumed == base[0]
+    steps = [row.split("\t")[0] for row in (out / "live/plots/metrics/val_loss.tsv").read_text().splitlines()]
+    assert steps == ["step", "10", "20", "30"]
+    # Other params start afresh instead.
+    changed, _ = run(tmp_path, data, max_steps=10, learning_rate=0.02)
+    assert "resuming" not in capsys.readouterr().out
+    assert changed["step"] == 10
+
+
+def test_fine_tuning_starts_from_a_checkpoint(tmp_path, base, data):
+    best = base[1] / "checkpoints" / "best.msgpack"
+    tuned, _ = run(tmp_path, data, init_from=str(best), max_steps=10, learning_rate=0.001)
+    assert tuned["val_loss"] < base[0]["val_loss"] + 0.05  # starts from the trained weights, not from scratch
+    with pytest.raises(UserError, match="does not match"):
+        run(tmp_path / "wrong", data, init_from=str(best), rnn_size=32)
+
+
+def test_a_diverging_run_stops_with_one_clear_line(tmp_path, data):
+    with pytest.raises(train.NonFiniteLoss, match="lower learning_rate") as error:
+        run(tmp_path, data, learning_rate=float("inf"))  # too large a step, as far as it goes
+    assert "\n" not in str(error.value)
