@@ -88,15 +88,16 @@ def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.
     """Keep each row's `top_k` largest logits (0: all), then its smallest set of probability >= `top_p`.
 
     logits [B, V]; top_k [B] int; top_p [B] float. Dropped logits become -inf; ties at a cut are all kept.
-    Ranks come from comparing every pair of logits (B*V*V elementwise work), which XLA on a CPU runs several
-    times faster than a sort for vocabularies of a few hundred characters.
     """
-    above = logits[:, None, :] > logits[:, :, None]  # above[b, i, j]: token j ranks above token i
-    k = jnp.where(top_k > 0, top_k, logits.shape[-1])
-    logits = jnp.where(above.sum(-1) < k[:, None], logits, -jnp.inf)
-    probs = jax.nn.softmax(logits, axis=-1)
-    mass_above = jnp.einsum("bij,bj->bi", above.astype(probs.dtype), probs)
-    return jnp.where(mass_above < top_p[:, None], logits, -jnp.inf)
+    vocab_size = logits.shape[-1]
+    ranked = jax.lax.top_k(logits, vocab_size)[0]  # each row's logits, largest first
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab_size), vocab_size)
+    ranked = jnp.where(ranked >= jnp.take_along_axis(ranked, k[:, None] - 1, axis=-1), ranked, -jnp.inf)
+    weights = jnp.exp(ranked - ranked[:, :1])  # unnormalised probabilities
+    weight_above = weights @ jnp.triu(jnp.ones((vocab_size, vocab_size), weights.dtype), 1)
+    kept = (weight_above < top_p[:, None] * weights.sum(axis=-1, keepdims=True)) & (weights > 0)
+    cut = jnp.min(jnp.where(kept, ranked, jnp.inf), axis=-1, keepdims=True)  # the smallest logit kept
+    return jnp.where(logits >= cut, logits, -jnp.inf)
 
 
 @dataclass(frozen=True)
@@ -117,18 +118,32 @@ jax.tree_util.register_dataclass(
 
 
 def draw(logits: jax.Array, step: jax.Array, rows: _Rows) -> jax.Array:
-    """Each row's next token from its logits [B, V] at `step` (see the module doc for the rules)."""
+    """Each row's next token from its logits [B, V] at `step` (see the module doc for the rules).
+
+    Written for XLA on a CPU, where a sampling step would otherwise cost as much as the model's: argmax is a
+    max and a min (not a slow variadic reduce), the cumulative sum a matmul with a triangle of ones, and the
+    inverse CDF a count.
+    """
+    vocab_size = logits.shape[-1]
     logits = logits.at[:, UNK].set(-jnp.inf)  # a rare character's stand-in is never written
+    greedy = first_max(logits)
     scaled = logits / jnp.maximum(rows.temperature, GREEDY_BELOW)[:, None]
     filtering = jnp.any(rows.top_k > 0) | jnp.any(rows.top_p < 1)  # skip the filter's work when no row asks
     scaled = jax.lax.cond(filtering, filter_logits, lambda x, *_: x, scaled, rows.top_k, rows.top_p)
-    probs = jax.nn.softmax(scaled, axis=-1)
-    cumulative = jnp.cumsum(probs, axis=-1)
+    weights = jnp.exp(scaled - scaled.max(axis=-1, keepdims=True))  # unnormalised probabilities
+    cumulative = weights @ jnp.triu(jnp.ones((vocab_size, vocab_size), weights.dtype))
     uniform = jax.vmap(lambda seed: jax.random.uniform(jax.random.fold_in(jax.random.key(seed), step)))
-    passed = (cumulative > uniform(rows.seed)[:, None] * cumulative[:, -1:]) & (probs > 0)
-    # The first token whose cumulative probability passes the draw (if rounding leaves none, the likeliest).
-    drawn = jnp.where(passed.any(-1), jnp.argmax(passed, axis=-1), jnp.argmax(probs, axis=-1))
-    return jnp.where(rows.temperature < GREEDY_BELOW, jnp.argmax(logits, axis=-1), drawn).astype(jnp.int32)
+    drawn = jnp.sum(cumulative <= uniform(rows.seed)[:, None] * cumulative[:, -1:], axis=-1)
+    # Rounding can push the draw past the end or onto a token of weight 0: then take the likeliest.
+    possible = jnp.take_along_axis(weights, jnp.minimum(drawn, vocab_size - 1)[:, None], axis=-1)[:, 0] > 0
+    drawn = jnp.where(possible & (drawn < vocab_size), drawn, greedy)
+    return jnp.where(rows.temperature < GREEDY_BELOW, greedy, drawn).astype(jnp.int32)
+
+
+def first_max(x: jax.Array) -> jax.Array:
+    """`jnp.argmax(x, axis=-1)` (the first index of the largest value), as two plain reductions."""
+    index = jnp.arange(x.shape[-1])
+    return jnp.min(jnp.where(x == x.max(axis=-1, keepdims=True), index, x.shape[-1]), axis=-1)
 
 
 class Sampler:
