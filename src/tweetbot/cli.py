@@ -71,6 +71,7 @@ def sample(
 ) -> None:
     """Print samples from the best checkpoint, each followed by an empty line."""
     from tweetbot.checkpoint import load_checkpoint
+    from tweetbot.corpus import render
     from tweetbot.sample import Sampler, SampleRequest
     from tweetbot.vocab import Vocab
 
@@ -80,7 +81,7 @@ def sample(
     sampler = Sampler(model, variables, Vocab.load(vocab))
     requests = [SampleRequest(prime, temperature, top_k, top_p, length, seed + i) for i in range(n)]
     for text in sampler.generate(requests):
-        typer.echo(prime + text + "\n")
+        typer.echo(render(prime + text) + "\n")  # link and mention tokens as people read them
 
 
 @app.command()
