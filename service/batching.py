@@ -1,10 +1,11 @@
 """Micro-batching: concurrent requests share one compiled sampler call.
 
-Every sample a request asks for is one row on a queue. A single worker takes the first row, then gathers
-more until it holds `max_batch` rows or `max_wait` has passed since it took the first, and runs them as ONE
-call in a worker thread (so the event loop keeps accepting requests meanwhile). Rows that arrive while that
-call runs form the next batch at once: under load batches fill up without anyone waiting; alone, a request
-waits at most `max_wait`. `max_batch=1` turns batching off (one call per row), which the benchmark compares.
+Every sample a request asks for is one row on a queue. A single worker takes the first row, then every row
+already queued, then waits for more until it holds `max_batch` rows or `max_wait` has passed, and runs them
+as ONE call in a worker thread (so the event loop keeps accepting requests meanwhile). Rows that arrive while
+that call runs form the next batch at once, so under load batches fill up with no wait at all (`max_wait` 0,
+the default); a wait only helps when the sampler is slow next to the gaps between requests. `max_batch=1`
+turns batching off (one call per row), which the load benchmark compares against.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ class Settings:
     port: int = 8080
     cors_origins: tuple[str, ...] = ("*",)
     max_batch: int = 32
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 0.0
     log_level: str = "INFO"
     compile_cache: Path | None = Path("~/.cache/tweetbot/jax").expanduser()
 
