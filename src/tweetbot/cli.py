@@ -22,6 +22,7 @@ app = typer.Typer(
 
 RAW = Path("data/raw/tweets.jsonl")
 PROCESSED = Path("data/processed")
+EXPORT = Path("models/export")
 
 
 @app.command()
@@ -88,7 +89,7 @@ def sample(
 def export(
     checkpoint: Path = typer.Option(Path("models/checkpoints/best.msgpack"), help="the best checkpoint"),
     processed: Path = typer.Option(PROCESSED, help="the folder of vocab.json and train.npy"),
-    out: Path = typer.Option(Path("models/export"), help="the bundle folder to write"),
+    out: Path = typer.Option(EXPORT, help="the bundle folder to write"),
 ) -> None:
     """Pack the best checkpoint into the service's bundle, if it beats the unigram baseline (`export:`)."""
     from tweetbot import export as exporting
@@ -128,6 +129,10 @@ def summary(processed: Path = typer.Option(PROCESSED, help="the folder preproces
     if not (processed / corpus.STATS_FILE).exists():
         raise UserError(f"{processed} holds no processed data yet: run `dvc repro` first")
     sections = [corpus.summary(processed)]  # each later stage appends its section here
+    if (EXPORT / "manifest.json").exists():
+        from tweetbot import export as exporting
+
+        sections.append(exporting.summary(EXPORT))
     typer.echo("\n\n".join(sections))
 
 

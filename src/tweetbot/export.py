@@ -21,6 +21,7 @@ from tweetbot.checkpoint import load_checkpoint
 from tweetbot.errors import UserError
 from tweetbot.model import CharRNN
 from tweetbot.params import ExportParams
+from tweetbot.sample import Sampler, SampleRequest
 from tweetbot.vocab import EOS, Vocab
 
 
@@ -104,3 +105,19 @@ def run(params: ExportParams, checkpoint: Path, processed: Path, out: Path) -> d
         params=params,
         out=out,
     )
+
+
+def summary(out: Path, n: int = 3, temperature: float = 0.8) -> str:
+    """The exported model in a few lines: its version and quality, `n` samples, and how to serve it."""
+    exported = bundle.load(out)
+    metrics, data = exported.manifest["metrics"], exported.manifest["data"]
+    sampler = Sampler(exported.model, exported.variables, exported.vocab)
+    texts = sampler.generate([SampleRequest(temperature=temperature, seed=seed) for seed in range(n)])
+    lines = [
+        f"Exported model {exported.version} ({out}): {metrics['val_bpc']:.3f} bits/char on validation, "
+        f"{metrics['improvement_bpc']:.3f} better than the unigram baseline ({data['unigram_bpc']:.3f}).",
+        f"Samples (temperature {temperature}):",
+        *("  " + text.replace("\n", "\n  ") for text in texts),
+        "Serve it: `make serve`, then `curl localhost:8080/` (the web page: http://localhost:8080/app).",
+    ]
+    return "\n".join(lines)
