@@ -59,9 +59,15 @@ class Builder:
             self._run(["push", ref, f"docker-archive:{archive}:{ref}"])
 
     def _build_verb(self) -> list[str]:
-        if self.name == "docker" and self.env.get("DOCKER_BUILDKIT") != "1":
-            return ["buildx", "build", "--load"]
-        return ["bud"] if self.name == "buildah" else ["build"]
+        if self.name == "docker":
+            return ["build"] if self.env.get("DOCKER_BUILDKIT") == "1" else ["buildx", "build", "--load"]
+        # podman and buildah write OCI configs by default, which drop HEALTHCHECK; buildah alone would also
+        # squash each stage into one layer, and so lose the layer cache.
+        return (
+            ["build", "--format", "docker"]
+            if self.name == "podman"
+            else ["bud", "--layers", "--format", "docker"]
+        )
 
     def _run(self, args: list[str]) -> None:
         try:

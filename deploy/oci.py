@@ -25,6 +25,8 @@ CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
 CHUNK = 1 << 20
+# gzip level 1: a third of level 6's time on these layers (mostly jaxlib's machine code) for 13 % more bytes.
+GZIP_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ def _compress_into(blobs: Path, stream) -> tuple[str, int, int, str]:
     uncompressed = 0
     with (
         partial.open("wb") as raw,
-        gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as gz,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0) as gz,
     ):
         while chunk := stream.read(CHUNK):
             content.update(chunk)
