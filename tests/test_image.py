@@ -209,6 +209,34 @@ def test_a_named_builder_that_does_not_work_says_why(tmp_path, path_of):
         builders.select("buildah")
 
 
+@pytest.mark.parametrize(
+    ("name", "verb"),
+    [
+        ("docker", ["build"]),  # a Docker 20.10-22 CLI, BuildKit built in
+        ("podman", ["build", "--format", "docker"]),  # the OCI format would drop HEALTHCHECK
+        ("buildah", ["bud", "--layers", "--format", "docker"]),
+    ],
+)
+def test_build_passes_the_ca_bundle_as_a_secret_only(tmp_path, name, verb):
+    log = tmp_path / "args"
+    cli = tmp_path / name
+    cli.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> {log}\n')
+    cli.chmod(0o755)
+    builder = builders.Builder(name, (str(cli),), {"DOCKER_BUILDKIT": "1"} if name == "docker" else {})
+    ca = tmp_path / "ca.pem"
+    builder.build(
+        tmp_path / "context",
+        "tweetbot:abc",
+        platform="linux/amd64",
+        build_args={"TAG": "abc"},
+        secrets={"ca": ca},
+    )
+    args = log.read_text().splitlines()
+    assert args[: len(verb)] == verb and args[-1] == str(tmp_path / "context")
+    assert f"--secret=id=ca,src={ca}" in args and "--build-arg=TAG=abc" in args
+    assert sum(str(ca) in arg for arg in args) == 1  # never a build argument, which would land in the image
+
+
 def test_stage_without_builder_exits_2_with_one_line(tmp_path):
     bundle = make_repo(tmp_path / "repo") / "models/export"
     done = subprocess.run(
