@@ -2,7 +2,7 @@
 
 Every builder does the same two things: build the Dockerfile in a context folder into a named local image,
 and save that image as a docker-archive tar (`deploy.oci` makes it the OCI layout the deploy stage pushes).
-The CLIs agree on the flags used here (`--secret`, `--platform`, `--build-arg`, `--network`, `-t`).
+The CLIs agree on the flags used here (`--secret`, `--platform`, `--build-arg`, `--network`, `--tag`).
 """
 
 from __future__ import annotations
