@@ -47,7 +47,7 @@ from service.schemas import (
 )
 from service.settings import Settings
 from tweetbot.errors import UserError
-from tweetbot.sample import MAX_SEED, SampleRequest
+from tweetbot.sample import MAX_LENGTH, MAX_SEED, SampleRequest
 
 PAGE = Path(__file__).parent / "static" / "index.html"
 
@@ -142,7 +142,7 @@ async def stream(
     prime: PrimeQuery = "",
     top_k: Annotated[int | None, Parameter(ge=1, le=MAX_TOP_K)] = None,
     top_p: Annotated[float, Parameter(gt=0, le=1)] = 1.0,
-    max_length: Annotated[int, Parameter(ge=1, le=1000)] = MAX_POST_CHARS,
+    max_length: Annotated[int, Parameter(ge=1, le=MAX_LENGTH)] = MAX_POST_CHARS,
     seed: SeedQuery = None,
 ) -> ServerSentEvent:
     check_prime(bot, prime, "query")

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from tweetbot.sample import MAX_SEED, PRIME_BUCKET
+from tweetbot.sample import MAX_LENGTH, MAX_SEED, PRIME_BUCKET
 
 MAX_POST_CHARS = 280  # a post, as `GET /` has always returned it
 MAX_PRIME_CHARS = PRIME_BUCKET  # the longest prime the compiled sampler takes
@@ -40,9 +40,9 @@ class GenerateRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         None
     )
     top_p: Annotated[float, Meta(gt=0, le=1, description="nucleus: the smallest set of this much mass")] = 1.0
-    max_length: Annotated[int, Meta(ge=1, le=1000, description="characters generated after the prime")] = (
-        MAX_POST_CHARS
-    )
+    max_length: Annotated[
+        int, Meta(ge=1, le=MAX_LENGTH, description="characters written after the prime")
+    ] = MAX_POST_CHARS
     n: Annotated[int, Meta(ge=1, le=64, description="how many samples")] = 1
     seed: Seed | None = None
 
