@@ -20,7 +20,7 @@ from tweetbot.cli import app
 from tweetbot.errors import UserError
 from tweetbot.params import PreprocessParams
 from tweetbot.posts import make_post, write_posts
-from tweetbot.vocab import EOS, UNK, Vocab
+from tweetbot.vocab import EOS, UNK, Vocab, render
 
 
 def post(id: int, text: str, *, retweet: bool = False, reply: bool = False):
@@ -97,7 +97,7 @@ def test_a_token_always_means_a_link_or_a_mention():
 def test_render_shows_tokens_as_a_reader_expects():
     text = corpus.clean_text("Hi @NASA, see https://t.co/AbC123xyZ9", links="token", mentions="token")
     assert len(text) == len("Hi , see ") + 2
-    assert corpus.render(text) == "Hi @user, see https://t.co/…"
+    assert render(text) == "Hi @user, see https://t.co/…"
 
 
 # --- filters ----------------------------------------------------------------------------------------------

@@ -48,7 +48,9 @@ def preprocess(
 @app.command()
 def train(
     data: Path = typer.Option(PROCESSED, help="the folder of train.npy, val.npy and vocab.json"),
-    checkpoints: Path = typer.Option(Path("models/checkpoints"), help="the folder for best and last checkpoints"),
+    checkpoints: Path = typer.Option(
+        Path("models/checkpoints"), help="the folder for best and last checkpoints"
+    ),
     live: Path = typer.Option(Path("dvclive"), help="DVCLive's folder for metrics and loss curves"),
 ) -> None:
     """Train the character RNN of params.yaml `train:`; a killed run resumes from its last checkpoint."""
@@ -72,9 +74,8 @@ def sample(
 ) -> None:
     """Print samples from the best checkpoint, each followed by an empty line."""
     from tweetbot.checkpoint import load_checkpoint
-    from tweetbot.corpus import render
     from tweetbot.sample import Sampler, SampleRequest
-    from tweetbot.vocab import Vocab
+    from tweetbot.vocab import Vocab, render
 
     model, variables, _ = load_checkpoint(checkpoint)
     if not vocab.is_file():

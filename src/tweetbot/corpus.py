@@ -41,11 +41,7 @@ import numpy as np
 from tweetbot.errors import UserError
 from tweetbot.params import PreprocessParams
 from tweetbot.posts import Post, read_posts
-from tweetbot.vocab import EOS, UNK, Vocab
-
-LINK = "\ue000"
-MENTION = "\ue001"
-RENDERED = {LINK: "https://t.co/…", MENTION: "@user"}
+from tweetbot.vocab import EOS, LINK, MENTION, UNK, Vocab, render
 
 # A link runs to the next space but leaves trailing punctuation to the sentence ("see https://nasa.gov.").
 LINK_PATTERN = re.compile(r"(?:https?://|\bt\.co/)(?:\S*[^\s.,;:!?)\]}'\"’”])?")
@@ -73,13 +69,6 @@ def _replace(pattern: re.Pattern, text: str, mode: str, token: str) -> str:
     if mode == "keep":
         return text
     return pattern.sub({"drop": "", "token": token}[mode], text)
-
-
-def render(text: str) -> str:
-    """The text for people to read: link and mention tokens become "https://t.co/…" and "@user"."""
-    for token, shown in RENDERED.items():
-        text = text.replace(token, shown)
-    return text
 
 
 def clean_posts(posts: Iterable[Post], params: PreprocessParams) -> tuple[dict[str, str], dict[str, int]]:

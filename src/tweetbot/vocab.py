@@ -18,6 +18,19 @@ EOS = 0
 UNK = 1
 SPECIALS = ("<eos>", "<unk>")
 
+# Preprocessing may replace every link or mention by one private-use character (params `links`/`mentions`),
+# so the model spends one step on it; `render` shows them to people again.
+LINK = "\ue000"
+MENTION = "\ue001"
+RENDERED = {LINK: "https://t.co/…", MENTION: "@user"}
+
+
+def render(text: str) -> str:
+    """The text for people to read: link and mention tokens become "https://t.co/…" and "@user"."""
+    for token, shown in RENDERED.items():
+        text = text.replace(token, shown)
+    return text
+
 
 class Vocab:
     def __init__(self, chars: Iterable[str]):
