@@ -94,9 +94,7 @@ def _install_builder_or_skip() -> None:
     if shutil.which("dockerd") and BASE_TAR.is_file():
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip(
-            "no container engine here, and only root can install one: run deploy/setup_builder.sh as root"
-        )
+        pytest.skip("no container engine here, and only root can install one: run deploy/setup_builder.sh as root")
     done = subprocess.run(["bash", str(REPO / "deploy/setup_builder.sh")], capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -180,7 +178,9 @@ def built(engine, tmp_path_factory):
         result = dvc(root, "repro", "image")
     print(f"\n`dvc repro image` (fetch to image) took {time.monotonic() - started:.0f} s")
     assert stages_run(result)[-1] == "image", result.stdout
-    return root
+    yield root
+    record = json.loads((root / "build/image.json").read_text())
+    engine("rmi", f"{record['name']}:{record['tag']}", check=False)  # its layers stay in the build cache
 
 
 def test_record_describes_the_oci_layout(built):
@@ -218,9 +218,7 @@ def test_image_config_labels_user_port_healthcheck(built):
     labels = config["Labels"]
     assert labels["org.opencontainers.image.version"] == record["tag"]
     assert labels["io.tweetbot.model.version"] == record["model_version"]
-    assert (
-        labels["org.opencontainers.image.revision"] == run(built, "git", "rev-parse", "HEAD").stdout.strip()
-    )
+    assert labels["org.opencontainers.image.revision"] == run(built, "git", "rev-parse", "HEAD").stdout.strip()
     assert labels["org.opencontainers.image.source"] == "https://example.com/acme/tweetbot.git"
     assert config["User"] not in ("", "root", "0") and not config["User"].startswith(("root:", "0:"))
     assert "8080/tcp" in config["ExposedPorts"]
@@ -270,9 +268,7 @@ def test_container_serves_as_non_root_and_stops_at_once(engine, built):
         status = engine("exec", container, "cat", "/proc/1/status").stdout
         uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
         assert uid != "0"
-        health = json.loads(
-            engine("inspect", "--format", "{{json .Config.Healthcheck.Test}}", container).stdout
-        )
+        health = json.loads(engine("inspect", "--format", "{{json .Config.Healthcheck.Test}}", container).stdout)
         assert engine("exec", container, *health[1:], check=False).returncode == 0
 
         stopping = time.monotonic()
@@ -296,9 +292,7 @@ def wait_ready(engine: Engine, container: str, port: int, timeout_s: float = 300
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with (
-            contextlib.suppress(
-                urllib.error.URLError, ConnectionError
-            ),  # 503 while warming up, or not up yet
+            contextlib.suppress(urllib.error.URLError, ConnectionError),  # 503 while warming up, or not up yet
             urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response,
         ):
             if response.status == 200:
