@@ -63,19 +63,13 @@ class Builder:
             return ["build"] if self.env.get("DOCKER_BUILDKIT") == "1" else ["buildx", "build", "--load"]
         # podman and buildah write OCI configs by default, which drop HEALTHCHECK; buildah alone would also
         # squash each stage into one layer, and so lose the layer cache.
-        return (
-            ["build", "--format", "docker"]
-            if self.name == "podman"
-            else ["bud", "--layers", "--format", "docker"]
-        )
+        return ["build", "--format", "docker"] if self.name == "podman" else ["bud", "--layers", "--format", "docker"]
 
     def _run(self, args: list[str]) -> None:
         try:
             subprocess.run([*self.command, *args], env=self._environ(), check=True)
         except subprocess.CalledProcessError as error:
-            raise UserError(
-                f"`{self.name} {args[0]}` failed (exit {error.returncode}): see its output above"
-            ) from None
+            raise UserError(f"`{self.name} {args[0]}` failed (exit {error.returncode}): see its output above") from None
 
     def _environ(self) -> dict[str, str]:
         return {**os.environ, **self.env}

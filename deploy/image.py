@@ -42,9 +42,7 @@ SKIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
 TAG_LENGTH = 12
 
 
-def build(
-    params: ImageParams, bundle: Path, layout_dir: Path, record_path: Path, repo: Path = Path(".")
-) -> dict:
+def build(params: ImageParams, bundle: Path, layout_dir: Path, record_path: Path, repo: Path = Path(".")) -> dict:
     """Build the image, write it as an OCI layout to `layout_dir` and its description to `record_path`."""
     version = model_version(bundle)
     builder = builders.select(params.builder)
@@ -101,9 +99,7 @@ def build(
 def stage_context(repo: Path, bundle: Path, context: Path) -> None:
     """Copy what goes into the image from `repo`, and the bundle as models/export, into `context`."""
     if not (bundle / "manifest.json").is_file():
-        raise UserError(
-            f"{bundle} is not an exported bundle (no manifest.json): run `dvc repro export` first"
-        )
+        raise UserError(f"{bundle} is not an exported bundle (no manifest.json): run `dvc repro export` first")
     for relative in CODE_PATHS:
         source = repo / relative
         if source.is_dir():
@@ -132,9 +128,7 @@ def model_version(bundle: Path) -> str:
     try:
         return json.loads((bundle / "manifest.json").read_text())["version"]
     except FileNotFoundError:
-        raise UserError(
-            f"{bundle} is not an exported bundle (no manifest.json): run `dvc repro export`"
-        ) from None
+        raise UserError(f"{bundle} is not an exported bundle (no manifest.json): run `dvc repro export`") from None
     except (json.JSONDecodeError, KeyError, TypeError):
         raise UserError(f"{bundle}/manifest.json has no version: export the bundle again") from None
 

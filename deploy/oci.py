@@ -56,9 +56,7 @@ def write_layout(archive: Path, out: Path, *, ref_name: str, platform: str) -> L
         config = json.loads(config_bytes)
         diff_ids = config["rootfs"]["diff_ids"]
         if len(diff_ids) != len(entry["Layers"]):
-            raise ValueError(
-                f"{archive}: {len(entry['Layers'])} layers but {len(diff_ids)} diff_ids in the config"
-            )
+            raise ValueError(f"{archive}: {len(entry['Layers'])} layers but {len(diff_ids)} diff_ids in the config")
         steps = [_describe(step) for step in config.get("history", []) if not step.get("empty_layer")]
         layers = []
         for index, (member, diff_id) in enumerate(zip(entry["Layers"], diff_ids, strict=True)):

@@ -105,9 +105,7 @@ def test_a_renamed_file_changes_the_tag(tmp_path):
 
 def test_dockerignore_lets_through_exactly_what_the_stage_copies():
     allowed = [
-        line.removeprefix("!")
-        for line in (REPO / ".dockerignore").read_text().splitlines()
-        if line.startswith("!")
+        line.removeprefix("!") for line in (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")
     ]
     assert sorted(allowed) == sorted([*image.CODE_PATHS, image.BUNDLE_PATH])
 
@@ -138,9 +136,7 @@ def test_source_label_never_carries_credentials(tmp_path, remote, expected):
 # --- builder selection, against stand-in CLIs ---
 
 
-def fake_cli(
-    folder: Path, name: str, *, daemon: bool = True, version: str = "28.2.2", buildx: bool = False
-) -> Path:
+def fake_cli(folder: Path, name: str, *, daemon: bool = True, version: str = "28.2.2", buildx: bool = False) -> Path:
     """A stand-in CLI: `info` works if `daemon`, `version` prints `version`, `buildx version` if `buildx`."""
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / name
@@ -312,9 +308,7 @@ def test_oci_layout_holds_the_image_compressed_and_verifiable(tmp_path):
     ]
     config = docker_archive(tmp_path / "image.tar", layers, history=history)
 
-    layout = oci.write_layout(
-        tmp_path / "image.tar", tmp_path / "layout", ref_name="abc123", platform="linux/amd64"
-    )
+    layout = oci.write_layout(tmp_path / "image.tar", tmp_path / "layout", ref_name="abc123", platform="linux/amd64")
 
     out = tmp_path / "layout"
     assert json.loads((out / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
@@ -343,8 +337,6 @@ def test_the_same_image_gives_the_same_layout(tmp_path):
 
 
 def test_a_layer_that_does_not_match_its_config_is_refused(tmp_path):
-    docker_archive(
-        tmp_path / "image.tar", [layer_tar({"a": b"1"})], history=[], diff_ids=[f"sha256:{'0' * 64}"]
-    )
+    docker_archive(tmp_path / "image.tar", [layer_tar({"a": b"1"})], history=[], diff_ids=[f"sha256:{'0' * 64}"])
     with pytest.raises(ValueError, match="the config says"):
         oci.write_layout(tmp_path / "image.tar", tmp_path / "layout", ref_name="t", platform="linux/amd64")
