@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 # Stage commands in dvc.yaml call `python`: the project venv must come first on PATH.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help install demo test test-slow lint bench plots serve deploy moto
+.PHONY: help install demo test test-slow lint bench bench-quality plots serve deploy moto
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,8 +35,11 @@ lint: install  ## ruff
 	$(BIN)/ruff check src stages service deploy tests benchmarks
 	$(BIN)/ruff format --check src stages service deploy tests benchmarks
 
-bench: install  ## benchmarks: results in benchmarks/results/
+bench: install  ## benchmarks: results in benchmarks/results/ (PyTorch reference: see benchmarks/README.md)
 	$(BIN)/python -m benchmarks
+
+bench-quality: install  ## Tiny Shakespeare val loss after 180 s of training (about 4 minutes)
+	$(BIN)/python -m benchmarks.quality
 
 plots: install  ## the training curves in dvc_plots/index.html, a page that draws with no network
 	plots/show.sh dvc_plots
