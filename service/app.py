@@ -11,7 +11,7 @@ Every bound is checked before the model runs, and a bad value is a 400 whose `ex
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
@@ -21,7 +21,13 @@ from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import ServiceUnavailableException, ValidationException
+from litestar.exceptions import (
+    MethodNotAllowedException,
+    NotFoundException,
+    ServiceUnavailableException,
+    ValidationException,
+)
+from litestar.exceptions.responses import create_exception_response
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
@@ -29,8 +35,9 @@ from litestar.params import Body, Parameter
 from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.batching import QueueFull
 from service.bot import Bot
-from service.observability import JsonFormatter, RequestObserver
+from service.observability import JsonFormatter, RequestObserver, observe_unmatched
 from service.schemas import (
     MAX_POST_CHARS,
     MAX_PRIME_CHARS,
@@ -46,7 +53,8 @@ from service.schemas import (
     StreamEvent,
 )
 from service.settings import Settings
-from tweetbot.errors import UserError
+from tweetbot import bundle
+from tweetbot.errors import UserError, exit_on_user_error
 from tweetbot.sample import MAX_LENGTH, MAX_SEED, SampleRequest
 
 PAGE = Path(__file__).parent / "static" / "index.html"
@@ -55,9 +63,7 @@ PAGE = Path(__file__).parent / "static" / "index.html"
 TemperatureQuery = Annotated[float, Parameter(gt=0, le=5, description="softmax temperature")]
 PrimeQuery = Annotated[
     str,
-    Parameter(
-        max_length=MAX_PRIME_CHARS, description="text the post starts with, in characters the model knows"
-    ),
+    Parameter(max_length=MAX_PRIME_CHARS, description="text the post starts with, in characters the model knows"),
 ]
 SeedQuery = Annotated[
     int | None, Parameter(ge=0, le=MAX_SEED, description="same seed, same text", schema_extra=SEED_SCHEMA)
@@ -83,14 +89,25 @@ def user_error_is_a_bad_request(request: Request, error: UserError) -> Response:
     return Response({"status_code": 400, "detail": str(error)}, status_code=400)
 
 
+def full_queue_is_unavailable(request: Request, error: QueueFull) -> Response:
+    """Too many samples waiting: a 503 the client may retry, not an ever longer wait."""
+    return Response({"status_code": 503, "detail": str(error)}, status_code=503, headers={"Retry-After": "1"})
+
+
+def unmatched_route(request: Request, error: NotFoundException | MethodNotAllowedException) -> Response:
+    """The router answers an unknown path (404) or method (405) before any middleware runs, so this answer
+    (Litestar's own) is counted and logged here."""
+    if "route_handler" not in request.scope:  # the router's answer, not a route's
+        observe_unmatched(request.method, error.status_code)
+    return create_exception_response(request, error)
+
+
 def check_prime(bot: Bot, prime: str, source: str) -> None:
     unknown = bot.unknown_chars(prime)
     if unknown:
         shown = ", ".join(repr(c) for c in unknown)
         message = f"characters the model does not know: {shown}; remove or replace them"
-        raise ValidationException(
-            "Validation failed", extra=[{"key": "prime", "source": source, "message": message}]
-        )
+        raise ValidationException("Validation failed", extra=[{"key": "prime", "source": source, "message": message}])
 
 
 @get("/", summary="One new post, as the original bot answered")
@@ -99,9 +116,7 @@ async def new_post(
 ) -> Post:
     check_prime(bot, prime, "query")
     (seed,) = bot.seeds(seed, 1)
-    request = SampleRequest(
-        prime=prime, temperature=temperature, max_length=MAX_POST_CHARS - len(prime), seed=seed
-    )
+    request = SampleRequest(prime=prime, temperature=temperature, max_length=MAX_POST_CHARS - len(prime), seed=seed)
     (text,) = await bot.generate([request])
     return Post(text=text)
 
@@ -151,10 +166,10 @@ async def stream(
         prime=prime, temperature=temperature, top_k=top_k or 0, top_p=top_p, max_length=max_length, seed=seed
     )
 
-    chunks = bot.stream(request)
+    chunks = bot.stream(request)  # queued now: a full queue is a 503 before the stream starts
 
-    def events() -> Iterator[ServerSentEventMessage]:  # Litestar runs a sync iterator in a worker thread
-        for chunk in chunks:
+    async def events() -> AsyncIterator[ServerSentEventMessage]:
+        async for chunk in chunks:
             yield ServerSentEventMessage(data=msgspec.json.encode(StreamChunk(chunk)).decode())
         done = StreamDone(model_version=bot.version, seed=seed)
         yield ServerSentEventMessage(event="done", data=msgspec.json.encode(done).decode())
@@ -184,13 +199,22 @@ async def page() -> File:
     return File(PAGE, content_disposition_type="inline")
 
 
+@exit_on_user_error
+def settings_from_env() -> Settings:
+    """The settings of `uvicorn --factory service.app:create_app`, checked before the server starts: a bad
+    variable or a missing bundle is one line on stderr and exit status 2, not a start-up traceback."""
+    settings = Settings.from_env()
+    bundle.load(settings.bundle)
+    return settings
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
-    """The application; `settings` default to the environment (see service/settings.py)."""
-    settings = settings or Settings.from_env()
+    """The application; without `settings`, from the environment (see service/settings.py)."""
+    settings = settings or settings_from_env()
 
     @asynccontextmanager
     async def model_lifespan(app: Litestar) -> AsyncIterator[None]:
-        app.state.bot = bot = Bot(settings)  # a bad bundle fails start-up here, with one clear line
+        app.state.bot = bot = Bot(settings)  # a bad bundle fails start-up here (a BundleError)
         bot.start()
         try:
             yield
@@ -200,7 +224,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[new_post, generate, stream, healthz, readyz, metrics, page],
         dependencies={"bot": Provide(ready_bot, sync_to_thread=False)},
-        exception_handlers={UserError: user_error_is_a_bad_request},
+        exception_handlers={
+            UserError: user_error_is_a_bad_request,
+            QueueFull: full_queue_is_unavailable,
+            NotFoundException: unmatched_route,
+            MethodNotAllowedException: unmatched_route,
+        },
         lifespan=[model_lifespan],
         middleware=[RequestObserver()],
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins)),

@@ -1,107 +1,139 @@
-"""Micro-batching: concurrent requests share one compiled sampler call.
+"""Continuous batching: every sample is a row in one of the engine's slots; rows join and leave between chunks.
 
-Every sample a request asks for is one row on a queue. A single worker takes the first row, then every row
-already queued, then waits for more until it holds `max_batch` rows or `max_wait` has passed, and runs them
-as ONE call in a worker thread (so the event loop keeps accepting requests meanwhile). Rows that arrive while
-that call runs form the next batch at once, so under load batches fill up with no wait at all (`max_wait` 0,
-the default); a wait only helps when the sampler is slow next to the gaps between requests. `max_batch=1`
-turns batching off (one call per row), which the load benchmark compares against.
+One background task owns the sampler's `Engine` (tweetbot.sample). It loops: move waiting rows into free
+slots, run one chunk (STREAM_CHUNK steps of every busy row, one compiled call) in a worker thread so the
+event loop keeps serving meanwhile, then hand each row the text it wrote. A row that ended is answered at
+once and its slot takes the next waiting row before the next chunk, so a short post never waits for a long
+one, and a request that arrives while others run joins them within a chunk. A row's text depends only on its
+own seed and steps, so it is the text the request gets alone.
+
+At most `max_queue` rows wait for a slot; a request that would overflow the queue is refused whole with
+`QueueFull` (the app answers 503). An engine of one slot is batching off, which the load benchmark compares
+against.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
 
-Row = TypeVar("Row")
-Result = TypeVar("Result")
+from tweetbot.sample import Engine, SampleRequest
 
 
-@dataclass
-class _Pending(Generic[Row, Result]):
-    row: Row
-    future: asyncio.Future[Result]
+class QueueFull(Exception):
+    """More rows wait for a slot than the service accepts: the client should retry shortly."""
+
+
+@dataclass(eq=False)  # a row is its own identity: the engine finds it by `==`
+class _Row:
+    request: SampleRequest
+    # The text of each chunk as it comes, then None once the row ended (or the error that ended it).
+    texts: asyncio.Queue[str | Exception | None] = field(default_factory=asyncio.Queue)
     enqueued: float = field(default_factory=time.perf_counter)
+    left: bool = False  # nobody reads the text any more: free the slot
 
 
-class MicroBatcher(Generic[Row, Result]):
+class ContinuousBatcher:
     def __init__(
         self,
-        run_batch: Callable[[list[Row]], Sequence[Result]],
+        engine: Engine,
         *,
-        max_batch: int,
-        max_wait_s: float,
-        on_batch: Callable[[int, list[float]], None] = lambda size, waits: None,
+        max_queue: int,
+        on_chunk: Callable[[int, list[float]], None] = lambda busy, queue_waits_s: None,
     ):
-        """`run_batch` maps rows to results in order; `on_batch(size, queue_waits_s)` observes each batch."""
-        self._run_batch = run_batch
-        self._max_batch = max_batch
-        self._max_wait_s = max_wait_s
-        self._on_batch = on_batch
-        self._queue: asyncio.Queue[_Pending[Row, Result]] = asyncio.Queue()
-        # One thread: sampler calls never overlap, so each gets both cores.
+        """`on_chunk(busy rows, queue waits of the rows that just joined)` observes each compiled call."""
+        self._engine = engine
+        self._max_queue = max_queue
+        self._on_chunk = on_chunk
+        self._waiting: deque[_Row] = deque()
+        self._arrived = asyncio.Event()
+        # One thread: compiled calls never overlap, so each gets every core.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sampler")
         self._worker: asyncio.Task | None = None
 
     def start(self) -> None:
-        self._worker = asyncio.get_running_loop().create_task(self._serve(), name="micro-batcher")
+        self._worker = asyncio.get_running_loop().create_task(self._serve(), name="continuous-batcher")
 
     async def stop(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
-        while not self._queue.empty():
-            self._queue.get_nowait().future.cancel()
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=True)  # a chunk that was running finishes first
+        stopped = RuntimeError("the service is stopping")
+        for row in [*self._waiting, *self._engine.owners]:
+            if isinstance(row, _Row):
+                row.texts.put_nowait(stopped)
 
-    async def submit(self, rows: Sequence[Row]) -> list[Result]:
-        """The results of `rows`, computed in whichever batches they land in."""
-        loop = asyncio.get_running_loop()
-        pending = [_Pending(row, loop.create_future()) for row in rows]
-        for item in pending:
-            self._queue.put_nowait(item)
-        return list(await asyncio.gather(*(item.future for item in pending)))
+    async def generate(self, requests: Sequence[SampleRequest]) -> list[str]:
+        """The text of each request (without its prime), whichever rows it shares the slots with."""
+        rows = self._enqueue(requests)
+        return list(await asyncio.gather(*(self._text(row) for row in rows)))
+
+    def stream(self, request: SampleRequest) -> AsyncIterator[str]:
+        """The text of `request`, a chunk at a time as it is written; queued now, so QueueFull comes now."""
+        (row,) = self._enqueue([request])
+        return self._chunks(row)
+
+    def _enqueue(self, requests: Sequence[SampleRequest]) -> list[_Row]:
+        if len(self._waiting) + len(requests) > self._max_queue:
+            raise QueueFull(f"the service is at capacity ({len(self._waiting)} samples waiting): retry in a moment")
+        rows = [_Row(request) for request in requests]
+        self._waiting.extend(rows)
+        self._arrived.set()
+        return rows
+
+    async def _chunks(self, row: _Row) -> AsyncIterator[str]:
+        try:
+            while (text := await row.texts.get()) is not None:
+                if isinstance(text, Exception):
+                    raise text
+                yield text
+        finally:
+            row.left = True  # also when the reader stops early (a client that went away)
+
+    async def _text(self, row: _Row) -> str:
+        return "".join([text async for text in self._chunks(row)])
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._gather()
-            started = time.perf_counter()
-            batch = [item for item in batch if not item.future.done()]  # a client that left needs no sample
-            if not batch:
-                continue
-            self._on_batch(len(batch), [started - item.enqueued for item in batch])
+            if not self._engine.busy and not self._waiting:
+                self._arrived.clear()
+                await self._arrived.wait()
+            joined = self._fill_free_slots()
+            rows = [row for row in self._engine.owners if row is not None]
+            if not rows:
+                continue  # every waiting row had left
+            self._on_chunk(len(rows), [time.perf_counter() - row.enqueued for row in joined])
             try:
-                results = await loop.run_in_executor(self._executor, self._run_batch, [i.row for i in batch])
-            except asyncio.CancelledError:  # stopping: nobody will answer these rows
-                for item in batch:
-                    item.future.cancel()
-                raise
-            except Exception as error:  # the callers report it; the worker lives on for the next batch
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(error)
+                written = await loop.run_in_executor(self._executor, self._engine.advance)
+            except Exception as error:  # these rows cannot go on; the worker lives on for the next ones
+                for row in rows:
+                    row.texts.put_nowait(error)
+                    self._engine.drop(row)
                 continue
-            for item, result in zip(batch, results, strict=True):
-                if not item.future.done():
-                    item.future.set_result(result)
+            for row, text, ended in written:
+                if text:
+                    row.texts.put_nowait(text)
+                if ended:
+                    row.texts.put_nowait(None)
+                elif row.left:
+                    self._engine.drop(row)
 
-    async def _gather(self) -> list[_Pending[Row, Result]]:
-        batch = [await self._queue.get()]
-        deadline = time.perf_counter() + self._max_wait_s
-        while len(batch) < self._max_batch:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+    def _fill_free_slots(self) -> list[_Row]:
+        joined = []
+        while self._waiting and self._engine.free:
+            row = self._waiting.popleft()
+            if row.left:
                 continue
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                break
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
-                break
-        return batch
+                self._engine.add(row.request, owner=row)
+            except Exception as error:  # a request the sampler refuses fails alone, never the worker
+                row.texts.put_nowait(error)
+                continue
+            joined.append(row)
+        return joined

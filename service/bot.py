@@ -1,26 +1,29 @@
-"""The model behind the API: the bundle, its compiled sampler, the micro-batcher and the readiness flag.
+"""The model behind the API: the bundle, its compiled sampler, the continuous batcher and the readiness flag.
 
 Start-up reads the bundle at once (a missing or corrupt bundle stops the service with one clear line), then
-compiles the sampler in a worker thread; until that finishes `ready` is False and `/readyz` answers 503.
-Compiled programs go to JAX's persistent cache (`TWEETBOT_COMPILE_CACHE`), so a restart, or an image whose
-build warmed the cache, is ready in seconds instead of recompiling every shape bucket.
+compiles the sampler's chunk program for each batch bucket in a worker thread (compiled, not run); until that
+finishes `ready` is False and `/readyz` answers 503. Compiled programs go to JAX's persistent cache
+(`TWEETBOT_COMPILE_CACHE`), so a restart, or an image whose build warmed the cache, is ready in seconds.
+Texts leave here as people read them: link and mention tokens rendered (`tweetbot.vocab.render`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import jax
 
-from service.batching import MicroBatcher
+from service.batching import ContinuousBatcher
 from service.observability import MODEL, observe_batch
 from service.settings import Settings
 from tweetbot import bundle
-from tweetbot.sample import BATCH_BUCKETS, MAX_SEED, Sampler, SampleRequest, bucket, check
+from tweetbot.sample import BATCH_BUCKETS, MAX_SEED, Engine, Sampler, SampleRequest, bucket, check
+from tweetbot.vocab import render
 
 log = logging.getLogger("tweetbot.service")
 
@@ -34,13 +37,10 @@ class Bot:
         self.vocab = self.bundle.vocab
         self.version = self.bundle.version
         self.sampler = Sampler(self.bundle.model, self.bundle.variables, self.vocab)
-        self.batcher: MicroBatcher[SampleRequest, str] = MicroBatcher(
-            self.sampler.generate,
-            max_batch=settings.max_batch,
-            max_wait_s=settings.max_wait_ms / 1e3,
-            on_batch=observe_batch,
+        self.batcher = ContinuousBatcher(
+            Engine(self.sampler, slots=settings.max_batch), max_queue=settings.max_queue, on_chunk=observe_batch
         )
-        # The batch shapes this service can ask for; larger buckets are never compiled.
+        # The batch shapes the engine can run; larger buckets are never compiled.
         self._batch_sizes = tuple(b for b in BATCH_BUCKETS if b <= bucket(settings.max_batch, BATCH_BUCKETS))
         self.ready = False
         self.problem: str | None = None
@@ -61,7 +61,7 @@ class Bot:
         started = time.perf_counter()
         try:
             for size in self._batch_sizes:  # one bucket at a time, so a shutdown never waits for them all
-                await asyncio.to_thread(self.sampler.warmup, (size,))
+                await asyncio.to_thread(self.sampler.warmup, (size,), one_shot=False)
         except Exception as error:  # stay alive and unready: /readyz says why, the orchestrator restarts us
             self.problem = f"warm-up failed: {type(error).__name__}: {error}"
             log.exception("warm-up failed")
@@ -80,24 +80,26 @@ class Bot:
         return [(first + i) % (MAX_SEED + 1) for i in range(n)]
 
     async def generate(self, requests: list[SampleRequest]) -> list[str]:
-        """Each request's prime and sample, computed in whichever micro-batches the rows land in."""
-        for request in requests:  # a bad row must never fail the batch it would share with others
+        """Each request's prime and sample, whichever rows they share the engine's slots with."""
+        for request in requests:  # a bad request is a 400 before it is queued
             check(request, self.vocab)
-        texts = await self.batcher.submit(requests)
-        return [request.prime + text for request, text in zip(requests, texts, strict=True)]
+        texts = await self.batcher.generate(requests)
+        return [render(request.prime + text) for request, text in zip(requests, texts, strict=True)]
 
-    def stream(self, request: SampleRequest) -> Iterator[str]:
-        """The sample of `request` (prime first), a chunk of characters at a time, as the sampler makes it.
+    def stream(self, request: SampleRequest) -> AsyncIterator[str]:
+        """The sample of `request` (prime first), a chunk of characters at a time, as the engine writes it.
 
-        The request is checked now, not when the first chunk is due, so a bad one is refused before any reply.
+        The request is checked and queued now, not when the first chunk is due, so a bad request (400) or a
+        full queue (503) is refused before the response starts.
         """
         check(request, self.vocab)
+        texts = self.batcher.stream(request)
 
-        def chunks() -> Iterator[str]:
+        async def chunks() -> AsyncIterator[str]:
             if request.prime:
-                yield request.prime
-            for (delta,) in self.sampler.stream([request]):
-                if delta:
-                    yield delta
+                yield render(request.prime)
+            async with contextlib.aclosing(texts):  # a client that leaves frees its slot at once
+                async for text in texts:
+                    yield render(text)  # a link or mention is one token, so never split across chunks
 
         return chunks()

@@ -25,20 +25,21 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 BATCH_SIZE = Histogram(
-    "tweetbot_batch_size", "Samples per compiled sampler call", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+    "tweetbot_batch_size", "Samples in flight per compiled sampler call (one chunk)", buckets=(1, 2, 4, 8, 16, 32, 64)
 )
 QUEUE_WAIT = Histogram(
     "tweetbot_queue_wait_seconds",
-    "Time a sample waited for its batch to start",
+    "Time a sample waited for a free slot",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
 MODEL = Info("tweetbot_model", "The model being served")
+UNMATCHED = "<unmatched>"  # the route label of requests for a path or method the service does not have
 
 request_log = logging.getLogger("tweetbot.requests")
 
 
-def observe_batch(size: int, queue_waits_s: list[float]) -> None:
-    BATCH_SIZE.observe(size)
+def observe_batch(busy: int, queue_waits_s: list[float]) -> None:
+    BATCH_SIZE.observe(busy)
     for wait in queue_waits_s:
         QUEUE_WAIT.observe(wait)
 
@@ -65,13 +66,16 @@ class RequestObserver(ASGIMiddleware):
             route, method = scope.get("path_template", scope["path"]), scope["method"]
             REQUESTS.labels(route, method, str(status)).inc()
             LATENCY.labels(route, method).observe(elapsed)
-            fields = {
-                "method": method,
-                "route": route,
-                "status": status,
-                "duration_ms": round(elapsed * 1e3, 2),
-            }
+            fields = {"method": method, "route": route, "status": status, "duration_ms": round(elapsed * 1e3, 2)}
             request_log.info("request", extra={"fields": fields})
+
+
+def observe_unmatched(method: str, status: int) -> None:
+    """Count and log a request no route matched (404, 405), under one route label whatever its path (which
+    could hold anything, and would make a new time series per path). No duration: the router answers such a
+    request before anything here could start a clock."""
+    REQUESTS.labels(UNMATCHED, method, str(status)).inc()
+    request_log.info("request", extra={"fields": {"method": method, "route": UNMATCHED, "status": status}})
 
 
 class JsonFormatter(logging.Formatter):

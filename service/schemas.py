@@ -16,14 +16,13 @@ from tweetbot.sample import MAX_LENGTH, MAX_SEED, PRIME_BUCKET
 MAX_POST_CHARS = 280  # a post, as `GET /` has always returned it
 MAX_PRIME_CHARS = PRIME_BUCKET  # the longest prime the compiled sampler takes
 
+MAX_SAMPLES = 64  # the most samples one POST /generate may ask for
 MAX_TOP_K = 1000  # a character vocabulary is smaller: any k at or above its size keeps every character
 
 Temperature = Annotated[float, Meta(gt=0, le=5, description="softmax temperature: low is safe, high is wild")]
 Prime = Annotated[
     str,
-    Meta(
-        max_length=MAX_PRIME_CHARS, description="text the sample starts with, in characters the model knows"
-    ),
+    Meta(max_length=MAX_PRIME_CHARS, description="text the sample starts with, in characters the model knows"),
 ]
 # Litestar drops a bound of 0 from the OpenAPI schema of an optional field (it tests the bound for truth), so
 # the seed's lower bound is stated again for the schema; msgspec enforces `ge=0` itself.
@@ -36,14 +35,12 @@ Seed = Annotated[
 class GenerateRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     prime: Prime = ""
     temperature: Temperature = 1.0
-    top_k: Annotated[int, Meta(ge=1, le=MAX_TOP_K, description="only the k likeliest characters")] | None = (
-        None
-    )
+    top_k: Annotated[int, Meta(ge=1, le=MAX_TOP_K, description="only the k likeliest characters")] | None = None
     top_p: Annotated[float, Meta(gt=0, le=1, description="nucleus: the smallest set of this much mass")] = 1.0
-    max_length: Annotated[
-        int, Meta(ge=1, le=MAX_LENGTH, description="characters written after the prime")
-    ] = MAX_POST_CHARS
-    n: Annotated[int, Meta(ge=1, le=64, description="how many samples")] = 1
+    max_length: Annotated[int, Meta(ge=1, le=MAX_LENGTH, description="characters written after the prime")] = (
+        MAX_POST_CHARS
+    )
+    n: Annotated[int, Meta(ge=1, le=MAX_SAMPLES, description="how many samples")] = 1
     seed: Seed | None = None
 
 
@@ -60,9 +57,7 @@ class Post(msgspec.Struct):
 class StreamEvent(msgspec.Struct):
     """A server-sent event of `GET /stream`, as the OpenAPI schema describes it."""
 
-    data: Annotated[
-        str, Meta(description='JSON: {"text": ...} in a message, {"model_version", "seed"} in done')
-    ]
+    data: Annotated[str, Meta(description='JSON: {"text": ...} in a message, {"model_version", "seed"} in done')]
     event: Literal["message", "done"] = "message"
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,14 +18,16 @@ import pytest
 from litestar.testing import TestClient
 
 from service.app import create_app
-from service.batching import MicroBatcher
+from service.batching import ContinuousBatcher
 from service.observability import JsonFormatter
 from service.settings import Settings
-from tests.tiny_bundle import VOCAB, write_tiny_bundle
+from tests.tiny_bundle import VOCAB, tiny_variables, write_tiny_bundle
 from tweetbot import bundle
 from tweetbot.bundle import BundleError
 from tweetbot.errors import UserError
-from tweetbot.sample import Sampler
+from tweetbot.model import CharRNN
+from tweetbot.sample import Engine, Sampler, SampleRequest
+from tweetbot.vocab import LINK, MENTION, RENDERED, Vocab
 
 READY_TIMEOUT_S = 600  # a cold JAX compilation cache on a busy machine; warm, it takes seconds
 
@@ -35,8 +40,8 @@ def wait_until_ready(client: TestClient) -> None:
 
 
 def settings_for(bundle_dir: Path, **overrides) -> Settings:
-    # Up to 2 rows per batch and a long wait, so two concurrent requests always share a batch.
-    return Settings(bundle=bundle_dir, **{"max_batch": 2, "max_wait_ms": 300.0, **overrides})
+    # Two slots: concurrent requests share them, and only the programs of batch sizes 1 and 2 compile.
+    return Settings(bundle=bundle_dir, **{"max_batch": 2, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +66,17 @@ def sse_events(body: str) -> list[tuple[str, dict]]:
 
 
 def metric(client: TestClient, name: str) -> float:
-    """The value of an unlabelled sample in /metrics, 0 when absent."""
+    """The value of a sample in /metrics (`name` with its labels, if any), 0 when absent."""
     match = re.search(rf"^{re.escape(name)} (\S+)$", client.get("/metrics").text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
+
+
+def wait_for(condition, what: str) -> None:
+    """Poll `condition()` until it holds (a synchronisation point, not a timing assertion)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.01)
 
 
 # --- GET /: the original contract -------------------------------------------------------------------------
@@ -102,10 +115,14 @@ def stopping_client(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def endless_client(tmp_path_factory):
+def endless_dir(tmp_path_factory) -> Path:
     """A model that never ends a post: samples run to their length limit."""
-    path = write_tiny_bundle(tmp_path_factory.mktemp("endless") / "export", eos_bias=-100.0)
-    with TestClient(create_app(settings_for(path))) as client:
+    return write_tiny_bundle(tmp_path_factory.mktemp("endless") / "export", eos_bias=-100.0)
+
+
+@pytest.fixture(scope="module")
+def endless_client(endless_dir):
+    with TestClient(create_app(settings_for(endless_dir))) as client:
         wait_until_ready(client)
         yield client
 
@@ -120,6 +137,31 @@ def test_a_post_is_at_most_280_characters(endless_client):
     assert len(endless_client.get("/", params={"prime": "The dog", "seed": 1}).json()["text"]) == 280
     samples = endless_client.post("/generate", json={"max_length": 1000, "n": 2}).json()["samples"]
     assert [len(s) for s in samples] == [1000, 1000]
+
+
+@pytest.fixture(scope="module")
+def linking_client(tmp_path_factory):
+    """A model that knows the link and mention tokens and writes nothing but links."""
+    vocab = Vocab([*VOCAB.chars, LINK, MENTION])
+    model = CharRNN(vocab_size=len(vocab), rnn_size=8, num_layers=1, cell="lstm")
+    variables = tiny_variables(model)
+    variables["params"]["head"]["bias"] = variables["params"]["head"]["bias"].at[vocab.index[LINK]].set(100.0)
+    path = tmp_path_factory.mktemp("links") / "export"
+    bundle.write(path, model, variables, vocab, metrics={}, train_params={}, data_stats={})
+    with TestClient(create_app(settings_for(path))) as client:
+        wait_until_ready(client)
+        yield client
+
+
+def test_link_and_mention_tokens_are_shown_as_people_read_them(linking_client):
+    link, mention = RENDERED[LINK], RENDERED[MENTION]
+    post = linking_client.get("/", params={"prime": f"{MENTION} hi ", "seed": 1}).json()["text"]
+    assert post.startswith(f"{mention} hi {link}{link}")
+    body = {"prime": MENTION, "max_length": 3, "n": 2}
+    assert linking_client.post("/generate", json=body).json()["samples"] == [mention + link * 3] * 2
+    events = sse_events(linking_client.get("/stream", params={"prime": MENTION, "max_length": 40}).text)
+    assert "".join(data["text"] for kind, data in events if kind == "message") == mention + link * 40
+    assert not {LINK, MENTION} & set(post + linking_client.get("/stream", params={"max_length": 40}).text)
 
 
 # --- POST /generate ----------------------------------------------------------------------------------------
@@ -242,55 +284,109 @@ def test_stream_sends_the_same_text_as_a_one_shot_request(client, bundle_dir):
     assert streamed == client.post("/generate", json=settings).json()["samples"][0]
 
 
-def test_concurrent_requests_share_a_batch_and_get_the_text_they_get_alone(client):
+def test_concurrent_requests_get_the_text_they_get_alone(client):
     bodies = [{"prime": "the", "seed": 21, "temperature": 0.5}, {"seed": 22, "top_k": 3, "max_length": 60}]
     alone = [client.post("/generate", json=b).json()["samples"] for b in bodies]
-    batches, rows = metric(client, "tweetbot_batch_size_count"), metric(client, "tweetbot_batch_size_sum")
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(2) as pool:  # whether and when they overlap, each writes its own text
         together = list(pool.map(lambda b: client.post("/generate", json=b).json()["samples"], bodies))
     assert together == alone
-    # Two rows, one sampler call: the batcher waited for the second request.
-    assert metric(client, "tweetbot_batch_size_count") - batches == 1
-    assert metric(client, "tweetbot_batch_size_sum") - rows == 2
 
 
-def test_micro_batcher_groups_rows_up_to_the_limit_and_keeps_their_order():
-    calls: list[list[int]] = []
+def sampler_of(bundle_dir: Path) -> Sampler:
+    loaded = bundle.load(bundle_dir)
+    return Sampler(loaded.model, loaded.variables, loaded.vocab)
 
-    def square(rows: list[int]) -> list[int]:
-        calls.append(rows)
-        return [r * r for r in rows]
 
-    async def scenario() -> list[list[int]]:
-        batcher = MicroBatcher(square, max_batch=2, max_wait_s=0.2)
+def run_batcher(engine: Engine, scenario, max_queue: int = 64) -> tuple[object, list[int]]:
+    """`scenario(batcher)`'s result, with the busy rows of every compiled call the batcher made."""
+    calls: list[int] = []
+
+    async def main():
+        batcher = ContinuousBatcher(engine, max_queue=max_queue, on_chunk=lambda busy, waits: calls.append(busy))
         batcher.start()
         try:
-            return await asyncio.gather(batcher.submit([1, 2, 3]), batcher.submit([4, 5]))
+            return await scenario(batcher)
         finally:
             await batcher.stop()
 
-    assert asyncio.run(scenario()) == [[1, 4, 9], [16, 25]]
-    assert [len(c) for c in calls] == [2, 2, 1]
-    assert sorted(r for c in calls for r in c) == [1, 2, 3, 4, 5]
+    return asyncio.run(main()), calls
 
 
-def test_micro_batcher_reports_a_failed_batch_to_its_callers_and_lives_on():
-    def fails_on_negative(rows: list[int]) -> list[int]:
-        if any(r < 0 for r in rows):
-            raise ValueError("negative row")
-        return rows
+def test_a_request_that_joins_running_rows_writes_what_it_writes_alone(endless_dir):
+    sampler = sampler_of(endless_dir)
+    long = SampleRequest(max_length=1000, temperature=0.8, seed=1)  # 32 chunks
+    late = SampleRequest(prime="The", max_length=100, top_k=5, seed=2)
 
-    async def scenario():
-        batcher = MicroBatcher(fails_on_negative, max_batch=1, max_wait_s=0)
-        batcher.start()
-        try:
-            with pytest.raises(ValueError, match="negative row"):
-                await batcher.submit([-1])
-            return await batcher.submit([7])
-        finally:
-            await batcher.stop()
+    async def scenario(batcher):
+        stream = batcher.stream(long)
+        first = await anext(stream)  # the long row is running: the late one joins it mid-way
+        (late_text,) = await batcher.generate([late])
+        return first + "".join([text async for text in stream]), late_text
 
-    assert asyncio.run(scenario()) == [7]
+    (long_text, late_text), calls = run_batcher(Engine(sampler, slots=2), scenario)
+    assert [long_text, late_text] == sampler.generate([long]) + sampler.generate([late])
+    assert calls[0] == 1 and max(calls) == 2  # it started alone, then they shared chunks
+    assert len(calls) == 32  # the late row finished inside the long one's chunks: it added none
+
+
+def test_a_client_that_leaves_frees_its_slot(endless_dir):
+    sampler = sampler_of(endless_dir)
+
+    async def scenario(batcher):
+        stream = batcher.stream(SampleRequest(max_length=1000, seed=3))  # would hold the slot 32 chunks
+        await anext(stream)
+        await stream.aclose()
+        return await batcher.generate([SampleRequest(max_length=30, seed=4)])
+
+    texts, calls = run_batcher(Engine(sampler, slots=1), scenario)
+    assert texts == sampler.generate([SampleRequest(max_length=30, seed=4)])
+    assert len(calls) < 8  # the left row's slot went to the next request within a chunk or two
+
+
+def test_a_failed_chunk_fails_its_rows_and_the_batcher_lives_on(endless_dir):
+    class FailsOnce(Engine):
+        failed = False
+
+        def advance(self):
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("the device went away")
+            return super().advance()
+
+    sampler = sampler_of(endless_dir)
+    request = SampleRequest(max_length=50, seed=5)
+
+    async def scenario(batcher):
+        with pytest.raises(RuntimeError, match="device went away"):
+            await batcher.generate([request])
+        return await batcher.generate([request])
+
+    texts, _ = run_batcher(FailsOnce(sampler, slots=2), scenario)
+    assert texts == sampler.generate([request])
+
+
+def test_a_full_queue_is_a_503_that_says_retry(bundle_dir, monkeypatch):
+    gate = threading.Event()
+    advance = Engine.advance
+
+    def gated_advance(self):
+        gate.wait(READY_TIMEOUT_S)
+        return advance(self)
+
+    monkeypatch.setattr(Engine, "advance", gated_advance)
+    with TestClient(create_app(settings_for(bundle_dir, max_batch=1, max_queue=64))) as client:
+        wait_until_ready(client)
+        chunks = metric(client, "tweetbot_batch_size_count")
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(client.post, "/generate", json={"n": 64, "max_length": 5})
+            # One row runs (held at the gate), 63 wait: a request for 2 more overflows the queue of 64.
+            wait_for(lambda: metric(client, "tweetbot_batch_size_count") > chunks, "the first chunk started")
+            refused = client.post("/generate", json={"n": 2})
+            gate.set()
+            assert refused.status_code == 503
+            assert "retry" in refused.json()["detail"] and refused.headers["retry-after"] == "1"
+            assert first.result().status_code == 200 and len(first.result().json()["samples"]) == 64
+        assert client.post("/generate", json={"n": 2}).status_code == 200  # the queue drained
 
 
 # --- health, readiness, schema, metrics, CORS, logs --------------------------------------------------------
@@ -330,6 +426,26 @@ def test_a_missing_bundle_stops_start_up_with_one_clear_error(tmp_path):
     with pytest.raises(BaseExceptionGroup) as failure, TestClient(create_app(settings_for(tmp_path))):
         pass
     assert failure.group_contains(BundleError, match="no model bundle at .*: run `tweetbot export`")
+
+
+@pytest.mark.parametrize(
+    ("env", "error"),
+    [
+        (
+            {"TWEETBOT_BUNDLE": "/nowhere"},
+            "error: no model bundle at /nowhere (no manifest.json): run `tweetbot export`",
+        ),
+        ({"TWEETBOT_MAX_BATCH": "0"}, "error: TWEETBOT_MAX_BATCH is 0: use 1 (no batching) to 64"),
+    ],
+    ids=["missing-bundle", "bad-setting"],
+)
+def test_bare_uvicorn_with_a_bad_start_is_one_line_and_a_failure(env, error, bundle_dir):
+    command = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--port", "0"]
+    environment = {**os.environ, "TWEETBOT_BUNDLE": str(bundle_dir), **env}
+    started = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 2
+    assert started.stdout == ""
+    assert started.stderr.startswith(error) and started.stderr.count("\n") == 1, started.stderr
 
 
 def test_openapi_schema_lists_every_route(client):
@@ -384,6 +500,33 @@ def test_one_json_log_line_per_request_without_query_or_headers(client):
     assert not any("secret" in line or "hunter2" in line for line in lines)
 
 
+def test_unknown_paths_and_methods_are_counted_and_logged_without_their_path(client):
+    counted = {
+        status: f'tweetbot_requests_total{{method="{method}",route="<unmatched>",status="{status}"}}'
+        for method, status in (("GET", 404), ("DELETE", 405))
+    }
+    before = {status: metric(client, name) for status, name in counted.items()}
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(JsonFormatter().format(record))
+    logger = logging.getLogger("tweetbot.requests")
+    logger.addHandler(handler)
+    try:
+        missing = client.get("/no/such/page-token-hunter2")
+        wrong_method = client.delete("/")
+    finally:
+        logger.removeHandler(handler)
+    assert missing.status_code == 404 and missing.json() == {"status_code": 404, "detail": "Not Found"}
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"]
+    records = [json.loads(line) for line in lines]
+    assert [(r["method"], r["route"], r["status"]) for r in records] == [
+        ("GET", "<unmatched>", 404),
+        ("DELETE", "<unmatched>", 405),
+    ]
+    assert not any("hunter2" in line for line in lines)
+    assert {status: metric(client, name) - before[status] for status, name in counted.items()} == {404: 1, 405: 1}
+
+
 def test_web_page_is_one_self_contained_html_file(client):
     response = client.get("/app")
     assert response.status_code == 200
@@ -402,7 +545,7 @@ def test_settings_defaults_and_environment():
         "PORT": "9000",
         "TWEETBOT_CORS_ORIGINS": "https://a.example, https://b.example",
         "TWEETBOT_MAX_BATCH": "1",
-        "TWEETBOT_MAX_WAIT_MS": "0.5",
+        "TWEETBOT_MAX_QUEUE": "1000",
         "TWEETBOT_LOG_LEVEL": "debug",
         "TWEETBOT_COMPILE_CACHE": "",
     }
@@ -411,7 +554,7 @@ def test_settings_defaults_and_environment():
         port=9000,
         cors_origins=("https://a.example", "https://b.example"),
         max_batch=1,
-        max_wait_ms=0.5,
+        max_queue=1000,
         log_level="DEBUG",
         compile_cache=None,
     )
@@ -423,7 +566,9 @@ def test_settings_defaults_and_environment():
         ({"PORT": "eighty"}, "PORT"),
         ({"PORT": "70000"}, "PORT"),
         ({"TWEETBOT_MAX_BATCH": "0"}, "TWEETBOT_MAX_BATCH"),
-        ({"TWEETBOT_MAX_WAIT_MS": "-1"}, "TWEETBOT_MAX_WAIT_MS"),
+        ({"TWEETBOT_MAX_BATCH": "65"}, "TWEETBOT_MAX_BATCH"),
+        ({"TWEETBOT_MAX_QUEUE": "63"}, "TWEETBOT_MAX_QUEUE"),
+        ({"TWEETBOT_MAX_QUEUE": "many"}, "TWEETBOT_MAX_QUEUE"),
         ({"TWEETBOT_LOG_LEVEL": "LOUD"}, "TWEETBOT_LOG_LEVEL"),
     ],
 )

@@ -5,26 +5,32 @@
     texts = sampler.generate([SampleRequest(prime="Hello", temperature=0.8, seed=1), SampleRequest()])
     for deltas in sampler.stream(requests):             # the same texts, a chunk of steps at a time
         ...                                             # deltas[i]: what request i wrote since the last chunk
+    engine = Engine(sampler, slots=32)                  # continuous batching (a server): rows join and leave
+    engine.add(request, owner)                          # between chunks, each keeps its own text
+    for owner, delta, ended in engine.advance(): ...
 
 How a row is generated. The model reads the sequence `EOS, prime..., sample...`: a post starts after an
 end-of-post symbol, as in training, where posts follow each other with EOS between them. Step `t` feeds the
 row's token `t` and yields token `t + 1`: while `t < len(prime)` that is the next prime character (teacher
 forcing), after that it is a sample. A row stops at EOS or after `max_length` samples and then emits only EOS.
-Rows with different primes and lengths therefore share one loop of `prime + length` steps.
+Every row counts its own steps, so rows with different primes and lengths, started at different times, share
+one batch.
 
 Sampling a step: the unknown-character symbol (UNK) is never drawn. A temperature below `GREEDY_BELOW` is
 greedy (argmax); otherwise the logits are divided by the temperature, cut to the `top_k` most likely tokens
 (0: all) and then to the smallest set whose probability reaches `top_p` (1.0: all), and a token is drawn by
-inverse CDF from one uniform number, which for row r at step t comes from `fold_in(key(seed_r), t)`: a text
-depends only on its own request, never on its batch-mates, so a request gives the same text alone or batched,
-one-shot or streamed.
+inverse CDF from one uniform number, which for row r at its step t comes from `fold_in(key(seed_r), t)`: a
+text depends only on its own request, never on its batch-mates or on when it joined them, so a request gives
+the same text alone or batched, one-shot, streamed or in the engine.
 
-Compiled shapes depend only on the batch size, padded to a power of two (`BATCH_BUCKETS`; longer request
-lists run in several batches), so a server compiles two programs per batch size once (`warmup`). Each program
-is a `lax.scan` over `STREAM_CHUNK` steps; the one-shot program repeats it in a `lax.while_loop` until the
-longest row's `prime + max_length` steps are done or every row has ended, so a batch of short posts stops
-early and no length needs a program of its own. Streaming calls the chunk program from the host and keeps the
-recurrent state on the device between calls. Both run the same steps, so they write the same text.
+Compiled shapes depend only on the batch size, padded to a power of two (`BATCH_BUCKETS`), so there are two
+programs per batch size, compiled once (`warmup`). The chunk program advances every row `STREAM_CHUNK` steps
+(a `lax.scan`). The one-shot program (`generate`) repeats it in a `lax.while_loop` until the longest row's
+`prime + max_length` steps are done or every row has ended, so a batch of short posts stops early and no
+length needs a program of its own. `stream` and the `Engine` call the chunk program from the host: the engine
+keeps every row's state (recurrent carry, current token, step, settings) in slots, runs the busy slots in the
+smallest bucket that holds them, hands back the rows that ended and takes new rows between chunks, so a short
+post never waits for a long one (continuous batching, as LLM servers do).
 """
 
 from __future__ import annotations
@@ -102,8 +108,9 @@ def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.
 
 @dataclass(frozen=True)
 class _Rows:
-    """Each row's settings as device arrays [B]."""
+    """Each row's settings [B] and its prime [B, PRIME_BUCKET] (ids from column 0; the rest is never read)."""
 
+    prime: jax.Array
     prime_len: jax.Array
     max_length: jax.Array
     temperature: jax.Array
@@ -112,13 +119,38 @@ class _Rows:
     seed: jax.Array
 
 
+@dataclass(frozen=True)
+class _State:
+    """Where each row is: the recurrent carry, the token it feeds next, its step `t` and whether it ended."""
+
+    carry: tuple
+    token: jax.Array
+    t: jax.Array
+    finished: jax.Array
+
+
 jax.tree_util.register_dataclass(
-    _Rows, data_fields=["prime_len", "max_length", "temperature", "top_k", "top_p", "seed"], meta_fields=[]
+    _Rows,
+    data_fields=["prime", "prime_len", "max_length", "temperature", "top_k", "top_p", "seed"],
+    meta_fields=[],
 )
+jax.tree_util.register_dataclass(_State, data_fields=["carry", "token", "t", "finished"], meta_fields=[])
 
 
-def draw(logits: jax.Array, step: jax.Array, rows: _Rows) -> jax.Array:
-    """Each row's next token from its logits [B, V] at `step` (see the module doc for the rules).
+def uniforms(seed: jax.Array, steps: jax.Array) -> jax.Array:
+    """The uniform number of each row at each of its steps: `fold_in(key(seed[r]), steps[r, i])`, [B, S].
+
+    Computed for a whole chunk at once: on a CPU one batched hash is much cheaper than one per step.
+    """
+
+    def one(seed, step):
+        return jax.random.uniform(jax.random.fold_in(jax.random.key(seed), step))
+
+    return jax.vmap(jax.vmap(one, in_axes=(None, 0)))(seed, steps)
+
+
+def draw(logits: jax.Array, uniform: jax.Array, rows: _Rows) -> jax.Array:
+    """Each row's next token from its logits [B, V] and its uniform number [B] (see the module doc).
 
     Written for XLA on a CPU, where a sampling step would otherwise cost as much as the model's: argmax is a
     max and a min (not a slow variadic reduce), the cumulative sum a matmul with a triangle of ones, and the
@@ -132,8 +164,7 @@ def draw(logits: jax.Array, step: jax.Array, rows: _Rows) -> jax.Array:
     scaled = jax.lax.cond(filtering, filter_logits, lambda x, *_: x, scaled, rows.top_k, rows.top_p)
     weights = jnp.exp(scaled - scaled.max(axis=-1, keepdims=True))  # unnormalised probabilities
     cumulative = weights @ jnp.triu(jnp.ones((vocab_size, vocab_size), weights.dtype))
-    uniform = jax.vmap(lambda seed: jax.random.uniform(jax.random.fold_in(jax.random.key(seed), step)))
-    drawn = jnp.sum(cumulative <= uniform(rows.seed)[:, None] * cumulative[:, -1:], axis=-1)
+    drawn = jnp.sum(cumulative <= uniform[:, None] * cumulative[:, -1:], axis=-1)
     # Rounding can push the draw past the end or onto a token of weight 0: then take the likeliest.
     possible = jnp.take_along_axis(weights, jnp.minimum(drawn, vocab_size - 1)[:, None], axis=-1)[:, 0] > 0
     drawn = jnp.where(possible & (drawn < vocab_size), drawn, greedy)
@@ -159,61 +190,61 @@ class Sampler:
         self.variables = variables
         self.vocab = vocab
         self._generate = jax.jit(self._generate_batch)
-        self._start = jax.jit(self._start_state, static_argnums=0)
         self._chunk = jax.jit(self._run_chunk)
 
     # --- the compiled parts -------------------------------------------------------------------------------
 
-    def _start_state(self, batch_size: int):
-        """Recurrent state, the first input token (EOS) and the per-row "finished" flags."""
-        tokens = jnp.full((batch_size,), EOS, jnp.int32)
-        return self.model.initial_carry(batch_size), tokens, jnp.zeros((batch_size,), bool)
+    def _run_chunk(self, variables, state: _State, rows: _Rows):
+        """Advance every row STREAM_CHUNK steps from its own step; return the new state and the tokens [B, C]."""
+        steps = state.t[:, None] + jnp.arange(STREAM_CHUNK, dtype=jnp.int32)
 
-    def _run_chunk(self, variables, state, first_step, primes, rows: _Rows):
-        """Advance every row STREAM_CHUNK steps from `first_step`; return the new state and the tokens.
+        def step(state: _State, uniform):
+            logits, carry = self.model.apply(variables, state.token[:, None], state.carry, train=False)
+            sampled = draw(logits[:, 0], uniform, rows)
+            in_prime = state.t < rows.prime_len
+            drew_eos = ~in_prime & (sampled == EOS)
+            prime_next = jnp.take_along_axis(rows.prime, jnp.minimum(state.t, PRIME_BUCKET - 1)[:, None], 1)
+            token = jnp.where(state.finished | drew_eos, EOS, jnp.where(in_prime, prime_next[:, 0], sampled))
+            wrote_the_last = state.t - rows.prime_len + 1 >= rows.max_length  # so it ends now, not a step later
+            finished = state.finished | drew_eos | wrote_the_last
+            return _State(carry, token, state.t + 1, finished), token
 
-        primes [B, MAX_STEPS] holds each row's prime ids from column 0 (what follows is never read).
-        """
-
-        def step(state, t):
-            carry, token, finished = state
-            logits, carry = self.model.apply(variables, token[:, None], carry, train=False)
-            sampled = draw(logits[:, 0], t, rows)
-            in_prime = t < rows.prime_len
-            finished |= ~in_prime & ((sampled == EOS) | (t - rows.prime_len >= rows.max_length))
-            token = jnp.where(finished, EOS, jnp.where(in_prime, primes[:, t], sampled))
-            return (carry, token, finished), token
-
-        steps = first_step + jnp.arange(STREAM_CHUNK, dtype=jnp.int32)
-        state, tokens = jax.lax.scan(step, state, steps)
+        state, tokens = jax.lax.scan(step, state, uniforms(rows.seed, steps).T)
         return state, tokens.T
 
-    def _generate_batch(self, variables, primes, rows: _Rows):
+    def _generate_batch(self, variables, start: _State, rows: _Rows):
         """Run chunks until every row has finished; return the tokens [B, MAX_STEPS] (EOS after the end)."""
-        steps_needed = jnp.max(rows.prime_len + rows.max_length)
 
         def unfinished(loop):
-            first, (_, _, finished), _ = loop
-            return (first < steps_needed) & ~jnp.all(finished)
+            state, _ = loop
+            return ~jnp.all(state.finished)  # a row finishes by its `prime + max_length` steps at the latest
 
         def next_chunk(loop):
-            first, state, tokens = loop
-            state, written = self._run_chunk(variables, state, first, primes, rows)
-            return first + STREAM_CHUNK, state, jax.lax.dynamic_update_slice_in_dim(tokens, written, first, 1)
+            state, tokens = loop
+            first = state.t[0]  # every row started together
+            state, written = self._run_chunk(variables, state, rows)
+            return state, jax.lax.dynamic_update_slice_in_dim(tokens, written, first, 1)
 
-        start = (jnp.int32(0), self._start_state(primes.shape[0]), jnp.full(primes.shape, EOS, jnp.int32))
-        return jax.lax.while_loop(unfinished, next_chunk, start)[2]
+        tokens = jnp.full((rows.prime.shape[0], MAX_STEPS), EOS, jnp.int32)
+        return jax.lax.while_loop(unfinished, next_chunk, (start, tokens))[1]
 
     # --- the host side ------------------------------------------------------------------------------------
 
-    def _batch(self, requests: Sequence[SampleRequest]):
-        """Pad `requests` to their batch bucket; return the primes [B, MAX_STEPS] and the rows' settings."""
-        size = bucket(len(requests), BATCH_BUCKETS)
+    def start_state(self, batch_size: int) -> _State:
+        """Rows about to start: zero carry, first input EOS, step 0 (host arrays, so slots can be set)."""
+        carry = jax.tree.map(np.array, self.model.initial_carry(batch_size))
+        tokens, steps = np.full(batch_size, EOS, np.int32), np.zeros(batch_size, np.int32)
+        return _State(carry, tokens, steps, np.zeros(batch_size, bool))
+
+    def rows(self, requests: Sequence[SampleRequest], size: int | None = None) -> _Rows:
+        """The settings of `requests` as host arrays, padded to `size` rows (default: their batch bucket)."""
+        size = size or bucket(len(requests), BATCH_BUCKETS)
         padded = list(requests) + [SampleRequest(max_length=1)] * (size - len(requests))
-        primes = np.full((size, MAX_STEPS), EOS, np.int32)
+        prime = np.full((size, PRIME_BUCKET), EOS, np.int32)
         for row, request in enumerate(padded):
-            primes[row, : len(request.prime)] = self.vocab.encode(request.prime)
-        rows = _Rows(
+            prime[row, : len(request.prime)] = self.vocab.encode(request.prime)
+        return _Rows(
+            prime=prime,
             prime_len=np.array([len(r.prime) for r in padded], np.int32),
             max_length=np.array([r.max_length for r in padded], np.int32),
             temperature=np.array([r.temperature for r in padded], np.float32),
@@ -221,19 +252,21 @@ class Sampler:
             top_p=np.array([r.top_p for r in padded], np.float32),
             seed=np.array([r.seed for r in padded], np.uint32),
         )
-        return primes, rows
 
-    def _checked_batches(self, requests: Sequence[SampleRequest]) -> Iterator[Sequence[SampleRequest]]:
-        for request in requests:
-            check(request, self.vocab)
-        for start in range(0, len(requests), BATCH_BUCKETS[-1]):
-            yield requests[start : start + BATCH_BUCKETS[-1]]
+    def advance(self, state: _State, rows: _Rows) -> tuple[_State, np.ndarray]:
+        """One call of the chunk program: every row STREAM_CHUNK steps on; the new state and tokens [B, C]."""
+        state, tokens = self._chunk(self.variables, state, rows)
+        return jax.tree.map(np.asarray, state), np.asarray(tokens)
 
     def generate(self, requests: Sequence[SampleRequest]) -> list[str]:
         """The text of each request (without its prime), in order; more than 64 run as several batches."""
+        for request in requests:
+            check(request, self.vocab)
         texts = []
-        for batch in self._checked_batches(requests):
-            tokens = np.asarray(self._generate(self.variables, *self._batch(batch)))
+        for start in range(0, len(requests), BATCH_BUCKETS[-1]):
+            batch = requests[start : start + BATCH_BUCKETS[-1]]
+            rows = self.rows(batch)
+            tokens = np.asarray(self._generate(self.variables, self.start_state(len(rows.seed)), rows))
             texts += [self.vocab.decode(tokens[row, len(r.prime) :]) for row, r in enumerate(batch)]
         return texts
 
@@ -244,20 +277,82 @@ class Sampler:
         """
         if len(requests) > BATCH_BUCKETS[-1]:
             raise UserError(f"stream at most {BATCH_BUCKETS[-1]} requests at once, not {len(requests)}")
-        (batch,) = self._checked_batches(requests)
-        primes, rows = self._batch(batch)
-        state = self._start(primes.shape[0])
-        for first in range(0, max(len(r.prime) + r.max_length for r in batch), STREAM_CHUNK):
-            state, tokens = self._chunk(self.variables, state, np.int32(first), primes, rows)
-            tokens = np.asarray(tokens)
-            yield [
-                self.vocab.decode(tokens[row, max(len(r.prime) - first, 0) :]) for row, r in enumerate(batch)
-            ]
-            if np.asarray(state[2]).all():
-                return
+        engine = Engine(self, slots=max(len(requests), 1))
+        for index, request in enumerate(requests):
+            engine.add(request, owner=index)
+        while engine.busy:
+            deltas = [""] * len(requests)
+            for index, delta, _ in engine.advance():
+                deltas[index] = delta
+            yield deltas
 
-    def warmup(self, batch_sizes: Sequence[int] = BATCH_BUCKETS) -> None:
-        """Compile the programs of each batch size (one-shot and streaming) so no request waits for them."""
+    def warmup(self, batch_sizes: Sequence[int] = BATCH_BUCKETS, *, one_shot: bool = True) -> None:
+        """Compile, without running them, the chunk program (`stream`, `Engine`) of each batch size and, with
+        `one_shot`, the one-shot program (`generate`), so no request waits for a compiler."""
         for size in batch_sizes:
-            self.generate([SampleRequest(max_length=1)] * size)
-            next(self.stream([SampleRequest(max_length=1)] * size))
+            state, rows = self.start_state(size), self.rows([], size)
+            self._chunk.lower(self.variables, state, rows).compile()
+            if one_shot:
+                self._generate.lower(self.variables, state, rows).compile()
+
+
+class Engine:
+    """Continuous batching over a sampler's chunk program: up to `slots` rows in flight, joining and leaving
+    between chunks (see the module doc).
+
+    Every slot holds a row's state and settings in host arrays. `advance` gathers the busy slots into the
+    smallest batch bucket that holds them (padded with copies of busy rows, whose results are dropped), runs
+    one chunk and writes the new state back; a row that ended frees its slot at once. The caller owns the
+    engine from one thread: nothing here is locked.
+    """
+
+    def __init__(self, sampler: Sampler, slots: int):
+        if not 1 <= slots <= BATCH_BUCKETS[-1]:
+            raise UserError(f"an engine has 1 to {BATCH_BUCKETS[-1]} slots, not {slots}")
+        self.sampler = sampler
+        self.owners: list[object | None] = [None] * slots  # who each row belongs to; None: the slot is free
+        self._state = sampler.start_state(slots)
+        self._rows = sampler.rows([], slots)
+        self._start = sampler.start_state(1)  # what a row's state is when it joins
+
+    @property
+    def busy(self) -> int:
+        return sum(owner is not None for owner in self.owners)
+
+    @property
+    def free(self) -> int:
+        return len(self.owners) - self.busy
+
+    def add(self, request: SampleRequest, owner: object) -> None:
+        """Start `request` in a free slot at its step 0; `advance` reports its text under `owner`."""
+        check(request, self.sampler.vocab)
+        if owner is None or not self.free:
+            raise ValueError("add a row only with an owner and while a slot is free")
+        slot = self.owners.index(None)
+        self.owners[slot] = owner
+        joining = (self._start, self.sampler.rows([request], 1))
+        for stored, new in zip(jax.tree.leaves((self._state, self._rows)), jax.tree.leaves(joining), strict=True):
+            stored[slot] = new[0]
+
+    def drop(self, owner: object) -> None:
+        """Free the slot of `owner`'s row (a client that left needs no more text)."""
+        self.owners[self.owners.index(owner)] = None
+
+    def advance(self) -> list[tuple[object, str, bool]]:
+        """Every busy row STREAM_CHUNK steps on: (owner, the text it wrote, whether it ended) per row."""
+        busy = [slot for slot, owner in enumerate(self.owners) if owner is not None]
+        if not busy:
+            return []
+        gather = np.resize(busy, bucket(len(busy), BATCH_BUCKETS))  # busy rows, repeated to fill the bucket
+        state, rows = jax.tree.map(lambda stored: stored[gather], (self._state, self._rows))
+        state, tokens = self.sampler.advance(state, rows)
+        for stored, new in zip(jax.tree.leaves(self._state), jax.tree.leaves(state), strict=True):
+            stored[busy] = new[: len(busy)]
+        written = []
+        for row, slot in enumerate(busy):
+            first = int(state.t[row]) - STREAM_CHUNK  # the row's step at the start of this chunk
+            text = self.sampler.vocab.decode(tokens[row, max(int(rows.prime_len[row]) - first, 0) :])
+            written.append((self.owners[slot], text, bool(state.finished[row])))
+            if state.finished[row]:
+                self.owners[slot] = None
+        return written
