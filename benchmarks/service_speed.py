@@ -1,4 +1,4 @@
-"""Service load test: uvicorn on 127.0.0.1, micro-batching on and off side by side, cold start to ready.
+"""Service load test: uvicorn on 127.0.0.1, continuous batching on and off side by side, cold start to ready.
 
     python -m benchmarks service        (or `make bench`, which runs every benchmark)
 
