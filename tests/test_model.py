@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tweetbot.model import CharRNN, _lstm_forward, lstm
+from tweetbot.model import CharRNN, lstm
 
 VOCAB, BATCH, TIME = 11, 3, 7
 
@@ -88,27 +88,24 @@ def test_dropout_only_while_training():
 
 
 def test_lstm_backward_matches_autodiff():
-    keys = jax.random.split(jax.random.key(0), 5)
-    time, batch, hidden = 6, 3, 5
-    x_proj = jax.random.normal(keys[0], (time, batch, 4 * hidden))
-    w_h = jax.random.normal(keys[1], (hidden, 4 * hidden)) * 0.5
-    carry = (jax.random.normal(keys[2], (batch, hidden)), jax.random.normal(keys[3], (batch, hidden)))
-    weights = jax.random.normal(keys[4], (time, batch, hidden))
+    keys = jax.random.split(jax.random.key(0), 7)
+    time, batch, inputs, hidden = 6, 3, 4, 5
+    x = jax.random.normal(keys[0], (time, batch, inputs))
+    w_x = jax.random.normal(keys[1], (inputs, 4 * hidden)) * 0.5
+    w_h = jax.random.normal(keys[2], (hidden, 4 * hidden)) * 0.5
+    b = jax.random.normal(keys[3], (4 * hidden,))
+    carry = (jax.random.normal(keys[4], (batch, hidden)), jax.random.normal(keys[5], (batch, hidden)))
+    weights = jax.random.normal(keys[6], (time, batch, hidden))
 
-    def autodiff_lstm(x_proj, w_h, carry):
-        final, hs, _, _ = _lstm_forward(x_proj, w_h, carry, "float32")
-        return final, hs
-
-    def loss(recurrence):
-        def value(x_proj, w_h, carry):
-            (c, h), hs = recurrence(x_proj, w_h, carry)
+    def gradients(recurrence):
+        def value(*args):
+            (c, h), hs = recurrence(*args)
             return jnp.sum(hs * weights) + jnp.sum(c**2) + 3 * jnp.sum(h)
 
-        return jax.grad(value, argnums=(0, 1, 2))(x_proj, w_h, carry)
+        return jax.grad(value, argnums=(0, 1, 2, 3, 4))(x, w_x, w_h, b, carry)
 
-    for mine, reference in zip(
-        jax.tree.leaves(loss(lstm)), jax.tree.leaves(loss(autodiff_lstm)), strict=True
-    ):
+    hand_written, autodiff = gradients(lstm), gradients(lstm.fun)  # .fun: the same forward, no custom rule
+    for mine, reference in zip(jax.tree.leaves(hand_written), jax.tree.leaves(autodiff), strict=True):
         np.testing.assert_allclose(mine, reference, rtol=1e-4, atol=1e-5)
 
 

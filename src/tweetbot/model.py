@@ -7,14 +7,12 @@ Contract used by training, the sampler and the service:
 Dropout follows char-rnn-tensorflow: `input_keep_prob` on each layer's input, `output_keep_prob` on each
 layer's output, only when `train=True` (needs a "dropout" rng).
 
-Why it is not `nn.RNN(OptimizedLSTMCell)`: on a CPU that runs at half the speed of PyTorch's `nn.LSTM`. Three
-things make it fast (benchmarks/train_speed.py measures them):
-- each layer's input projection `x @ W_x` is one matmul over the whole sequence, outside the time loop, so the
-  loop holds only the small recurrent matmul `h @ W_h` and element-wise gate arithmetic;
-- the LSTM recurrence has a hand-written backward pass (`jax.custom_vjp`): the reverse loop holds one matmul
-  per step and the weight gradient `sum_t h_{t-1}^T dz_t` is one big matmul after it, where autodiff would
-  accumulate it step by step inside the loop;
-- the loops run time-major, so every step reads one contiguous [B, H] slab.
+Why the LSTM is not `nn.RNN(OptimizedLSTMCell)`: it has a hand-written backward pass (`jax.custom_vjp`). The
+reverse loop then holds one matmul per step, `dz_t @ W_h^T`, and the weight and input gradients are each one
+big matmul over the whole sequence after the loop, where autodiff computes them step by step inside it.
+The forward loop keeps the input projection `x_t @ W_x` inside: on XLA's CPU backend, reading a precomputed
+[T, B, 4H] projection slab step by step measured slower than the extra small matmul per step.
+benchmarks/train_speed.py measures the result against PyTorch's nn.LSTM.
 """
 
 from __future__ import annotations
@@ -47,34 +45,39 @@ class CharRNN(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: jax.Array, carry, train: bool = False):
-        hidden, gates = self.rnn_size, GATES[self.cell]
-        dot = partial(mixed_dot_general, jnp.dtype(self.matmul_dtype))
+        hidden, width = self.rnn_size, GATES[self.cell] * self.rnn_size
         x = nn.Embed(self.vocab_size, hidden, name="embed")(tokens.T)  # time-major: [T, B, H]
         new_carry = []
         for layer in range(self.num_layers):
             x = nn.Dropout(1.0 - self.input_keep_prob, deterministic=not train)(x)
-            # Biases live in the input projection (one add per sequence, not per step).
-            x_proj = nn.Dense(gates * hidden, dot_general=dot, name=f"x_proj_{layer}")(x)
-            w_h = self.param(f"w_h_{layer}", nn.initializers.orthogonal(), (hidden, gates * hidden))
-            if self.cell == "lstm":
-                layer_carry, x = lstm(x_proj, w_h, carry[layer], self.matmul_dtype)
-            elif self.cell == "gru":
-                b_hn = self.param(f"b_hn_{layer}", nn.initializers.zeros_init(), (hidden,))
-                layer_carry, x = gru(x_proj, w_h, b_hn, carry[layer])
-            else:
-                layer_carry, x = simple_rnn(x_proj, w_h, carry[layer])
+            w_x = self.param(f"w_x_{layer}", nn.initializers.lecun_normal(), (x.shape[-1], width))
+            w_h = self.param(f"w_h_{layer}", nn.initializers.orthogonal(), (hidden, width))
+            b = self.param(f"b_{layer}", _bias_init(self.cell), (width,))
+            layer_carry, x = RECURRENCES[self.cell](x, w_x, w_h, b, carry[layer], self.matmul_dtype)
             x = nn.Dropout(1.0 - self.output_keep_prob, deterministic=not train)(x)
             new_carry.append(layer_carry)
+        dot = partial(mixed_dot_general, jnp.dtype(self.matmul_dtype))
         logits = nn.Dense(self.vocab_size, dot_general=dot, name="head")(x)
         return logits.swapaxes(0, 1), tuple(new_carry)
+
+
+def _bias_init(cell: Cell):
+    """Zeros, but an LSTM's forget gate starts at 1 so it remembers from the start (Jozefowicz et al. 2015)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        bias = jnp.zeros(shape, dtype)
+        if cell == "lstm":
+            hidden = shape[0] // 4
+            bias = bias.at[hidden : 2 * hidden].set(1.0)
+        return bias
+
+    return init
 
 
 def mixed_dot_general(dtype, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
     """`lax.dot_general` on inputs rounded to `dtype`, summed in their own precision (for nn.Dense)."""
     summed = jnp.result_type(lhs, rhs)
-    return jax.lax.dot_general(
-        lhs.astype(dtype), rhs.astype(dtype), dimension_numbers, preferred_element_type=summed
-    )
+    return jax.lax.dot_general(lhs.astype(dtype), rhs.astype(dtype), dimension_numbers, preferred_element_type=summed)
 
 
 def matmul(a, b, dtype):
@@ -83,8 +86,8 @@ def matmul(a, b, dtype):
     return jnp.matmul(a.astype(dtype), b.astype(dtype), preferred_element_type=summed)
 
 
-# The recurrences. Each takes the projected inputs [T, B, G*H] and the recurrent weights [H, G*H] and returns
-# (final carry, outputs [T, B, H]).
+# The recurrences: (inputs [T, B, H_in], W_x [H_in, G*H], W_h [H, G*H], bias [G*H], carry, matmul dtype)
+# -> (final carry, outputs [T, B, H]).
 
 
 def _lstm_gates(z):
@@ -92,42 +95,46 @@ def _lstm_gates(z):
     return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
 
 
-def _lstm_forward(x_proj, w_h, carry, dtype):
-    def step(carry, z_x):
-        c, h = carry
-        i, f, g, o = _lstm_gates(z_x + matmul(h, w_h, dtype))
-        c = f * c + i * g
-        h = o * jnp.tanh(c)
-        return (c, h), (h, c, jnp.concatenate([i, f, g, o], axis=-1))
-
-    final, (hs, cs, acts) = jax.lax.scan(step, carry, x_proj)
-    return final, hs, cs, acts
+def _lstm_step(weights, dtype, carry, x_t):
+    """One time step; also returns the gate pre-activations z, all the backward pass needs besides c."""
+    w_x, w_h, b = weights
+    c, h = carry
+    z = matmul(x_t, w_x, dtype) + matmul(h, w_h, dtype) + b
+    i, f, g, o = _lstm_gates(z)
+    c = f * c + i * g
+    return (c, o * jnp.tanh(c)), z
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
-def lstm(x_proj, w_h, carry, dtype="float32"):
-    """LSTM over time: carry (c, h) each [B, H]; gates in order i, f, g, o, forget bias in x_proj."""
-    final, hs, _, _ = _lstm_forward(x_proj, w_h, carry, dtype)
-    return final, hs
+@partial(jax.custom_vjp, nondiff_argnums=(5,))
+def lstm(x, w_x, w_h, b, carry, dtype="float32"):
+    """LSTM over time: carry (c, h) each [B, H]; gates in the order i, f, g, o."""
+
+    def step(carry, x_t):
+        carry, _ = _lstm_step((w_x, w_h, b), dtype, carry, x_t)
+        return carry, carry[1]
+
+    return jax.lax.scan(step, carry, x)
 
 
-def _lstm_fwd(x_proj, w_h, carry, dtype):
-    final, hs, cs, acts = _lstm_forward(x_proj, w_h, carry, dtype)
-    c0, h0 = carry
-    c_prev = jnp.concatenate([c0[None], cs[:-1]])
-    h_prev = jnp.concatenate([h0[None], hs[:-1]])
-    return (final, hs), (w_h, c_prev, h_prev, cs, acts)
+def _lstm_fwd(x, w_x, w_h, b, carry, dtype):
+    def step(carry, x_t):
+        carry, z = _lstm_step((w_x, w_h, b), dtype, carry, x_t)
+        return carry, (*carry, z)
+
+    final, (cs, hs, zs) = jax.lax.scan(step, carry, x)
+    return (final, hs), (x, w_x, w_h, carry, cs, hs, zs)
 
 
 def _lstm_bwd(dtype, residuals, cotangents):
-    w_h, c_prev, h_prev, cs, acts = residuals
+    x, w_x, w_h, (c0, h0), cs, hs, zs = residuals
     (dc_last, dh_last), dhs = cotangents
+    c_prev = jnp.concatenate([c0[None], cs[:-1]])
     w_h_t = w_h.T
 
     def step(carry, inputs):
         dc_next, dh_next = carry
-        dh_out, c_before, c, act = inputs
-        i, f, g, o = jnp.split(act, 4, axis=-1)
+        dh_out, c_before, c, z = inputs
+        i, f, g, o = _lstm_gates(z)
         dh = dh_out + dh_next
         tanh_c = jnp.tanh(c)
         dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
@@ -142,35 +149,43 @@ def _lstm_bwd(dtype, residuals, cotangents):
         )
         return (dc * f, matmul(dz, w_h_t, dtype)), dz
 
-    (dc0, dh0), dz = jax.lax.scan(step, (dc_last, dh_last), (dhs, c_prev, cs, acts), reverse=True)
-    # The weight gradient summed over every step as one matmul, outside the loop.
-    dw_h = matmul(h_prev.reshape(-1, h_prev.shape[-1]).T, dz.reshape(-1, dz.shape[-1]), dtype)
-    return dz, dw_h, (dc0, dh0)
+    (dc0, dh0), dz = jax.lax.scan(step, (dc_last, dh_last), (dhs, c_prev, cs, zs), reverse=True)
+    # Everything else summed over the whole sequence: one matmul each, outside the loop.
+    h_prev = jnp.concatenate([h0[None], hs[:-1]])
+    flat_dz = dz.reshape(-1, dz.shape[-1])
+    dw_h = matmul(h_prev.reshape(-1, h_prev.shape[-1]).T, flat_dz, dtype)
+    dw_x = matmul(x.reshape(-1, x.shape[-1]).T, flat_dz, dtype)
+    dx = matmul(dz, w_x.T, dtype)
+    return dx, dw_x, dw_h, flat_dz.sum(axis=0), (dc0, dh0)
 
 
 lstm.defvjp(_lstm_fwd, _lstm_bwd)
 
 
-def gru(x_proj, w_h, b_hn, h):
-    """GRU over time (gates r, z, n as in flax.linen.GRUCell); autodiff is fast enough for this option."""
+def gru(x, w_x, w_h, b, h, dtype="float32"):
+    """GRU over time (gates r, z, n as in flax.linen.GRUCell, with the n-gate's bias on the input side);
+    autodiff is fast enough for this option."""
 
-    def step(h, z_x):
-        x_r, x_z, x_n = jnp.split(z_x, 3, axis=-1)
-        h_r, h_z, h_n = jnp.split(h @ w_h, 3, axis=-1)
+    def step(h, x_t):
+        x_r, x_z, x_n = jnp.split(matmul(x_t, w_x, dtype) + b, 3, axis=-1)
+        h_r, h_z, h_n = jnp.split(matmul(h, w_h, dtype), 3, axis=-1)
         r = jax.nn.sigmoid(x_r + h_r)
         z = jax.nn.sigmoid(x_z + h_z)
-        n = jnp.tanh(x_n + r * (h_n + b_hn))
+        n = jnp.tanh(x_n + r * h_n)
         h = (1 - z) * n + z * h
         return h, h
 
-    return jax.lax.scan(step, h, x_proj)
+    return jax.lax.scan(step, h, x)
 
 
-def simple_rnn(x_proj, w_h, h):
+def simple_rnn(x, w_x, w_h, b, h, dtype="float32"):
     """Vanilla tanh RNN over time."""
 
-    def step(h, z_x):
-        h = jnp.tanh(z_x + h @ w_h)
+    def step(h, x_t):
+        h = jnp.tanh(matmul(x_t, w_x, dtype) + matmul(h, w_h, dtype) + b)
         return h, h
 
-    return jax.lax.scan(step, h, x_proj)
+    return jax.lax.scan(step, h, x)
+
+
+RECURRENCES = {"lstm": lstm, "gru": gru, "rnn": simple_rnn}
