@@ -56,6 +56,7 @@ class TrainParams:
     grad_clip: float = 5.0
     input_keep_prob: float = 1.0
     output_keep_prob: float = 1.0
+    matmul_dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: faster on CPUs that have it
     max_steps: int = 2000
     time_budget_s: float | None = None  # stop at max_steps or after this many seconds, whichever is first
     eval_every: int = 100
@@ -103,6 +104,13 @@ class DeployParams:
             )
 
 
+@dataclass(frozen=True)
+class UpdateParams:
+    min_new_posts: int = 20  # fewer new posts than this since the last update: nothing to do
+    fine_tune_steps: int = 300  # train.max_steps of a fine-tune from the live model (train.init_from)
+    min_improvement: float = 0.0  # nats/char the new model must beat the live one by on the old val posts
+
+
 SECTIONS: dict[str, type] = {
     "fetch": FetchParams,
     "preprocess": PreprocessParams,
@@ -110,6 +118,7 @@ SECTIONS: dict[str, type] = {
     "export": ExportParams,
     "image": ImageParams,
     "deploy": DeployParams,
+    "update": UpdateParams,
 }
 
 
