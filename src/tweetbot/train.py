@@ -48,14 +48,13 @@ def build_model(params: TrainParams, vocab_size: int) -> CharRNN:
         cell=params.model,
         input_keep_prob=params.input_keep_prob,
         output_keep_prob=params.output_keep_prob,
+        matmul_dtype=params.matmul_dtype,
     )
 
 
 def make_optimizer(params: TrainParams) -> optax.GradientTransformation:
     """Adam with global-norm clipping; the learning rate is multiplied by lr_decay every lr_decay_steps."""
-    schedule = optax.exponential_decay(
-        params.learning_rate, params.lr_decay_steps, params.lr_decay, staircase=True
-    )
+    schedule = optax.exponential_decay(params.learning_rate, params.lr_decay_steps, params.lr_decay, staircase=True)
     return optax.chain(optax.clip_by_global_norm(params.grad_clip), optax.adam(schedule))
 
 
@@ -80,9 +79,7 @@ def make_train_step(model: CharRNN, seed: int):
     dropout_base = jax.random.key(seed + 1)
 
     def train_step(state: TrainState, carry, inputs, targets):
-        dropout_key = jax.random.fold_in(
-            dropout_base, state.step
-        )  # same key for the same step, on resume too
+        dropout_key = jax.random.fold_in(dropout_base, state.step)  # same key for the same step, on resume too
 
         def loss_fn(params):
             logits, new_carry = state.apply_fn(
@@ -154,9 +151,7 @@ def run(params: TrainParams, data_dir: Path, checkpoint_dir: Path, live_dir: Pat
         if resumed:
             _drop_rows_after(live_dir, meta["step"])
         while meta["step"] < params.max_steps and not _out_of_time(params, meta["train_seconds"]):
-            state, carry, train_loss = _train_interval(
-                params, model, lanes, train_step, state, carry, meta, bar
-            )
+            state, carry, train_loss = _train_interval(params, model, lanes, train_step, state, carry, meta, bar)
             val_loss = float(evaluate(state.params, *val))
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                 bad = val_loss if math.isfinite(train_loss) else train_loss
@@ -227,9 +222,7 @@ def _out_of_time(params: TrainParams, seconds: float) -> bool:
 
 def _fields(model: CharRNN) -> dict:
     """The CharRNN fields, to rebuild the model from a checkpoint."""
-    return {
-        f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in ("parent", "name")
-    }
+    return {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in ("parent", "name")}
 
 
 def _fingerprint(data_dir: Path) -> str:
