@@ -169,6 +169,33 @@ def destroy(
     run.destroy(settings, out)
 
 
+@app.command()
+def update() -> None:
+    """Fetch new posts; fine-tune, and deploy the result only if it beats the live model (`update:`)."""
+    from tweetbot import params
+    from tweetbot import update as updating
+
+    updating.update(params.load("update"))
+
+
+@app.command()
+def history() -> None:
+    """Print every update: versions promoted, fine-tunes not promoted, rollbacks (models/history.jsonl)."""
+    from tweetbot import history as versions
+
+    rows = versions.read()
+    typer.echo(versions.table(rows) if rows else "no versions yet: run `tweetbot update`")
+
+
+@app.command()
+def rollback(version: int = typer.Argument(..., help="the version to make live again (`tweetbot history`)")) -> None:
+    """Make an earlier version live again, from its image in ECR: no retraining."""
+    from tweetbot import params
+    from tweetbot import update as updating
+
+    updating.rollback(version, params.load("deploy"))
+
+
 def main() -> None:
     exit_on_user_error(app)()
 

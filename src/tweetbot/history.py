@@ -1,0 +1,86 @@
+"""The versions file: one JSON line per update run, in git (`models/history.jsonl`), printed as a table.
+
+Each line is an event: `promoted` (a new version went live), `not_promoted` (a fine-tune that did not beat the
+live model: recorded, never deployed) or `rollback` (an earlier version went live again). A promoted line holds
+what it takes to redeploy or fine-tune from that version without retraining: the bundle version, the image tag,
+the task definition, and the DVC cache hashes of the checkpoint and vocabulary. The file is rewritten
+atomically on every append, so a kill leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tweetbot.errors import UserError
+from tweetbot.posts import write_text_atomically
+
+HISTORY = Path("models/history.jsonl")
+LIVE_EVENTS = ("promoted", "rollback")
+
+
+def read(path: Path = HISTORY) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def append(row: dict, path: Path = HISTORY) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    write_text_atomically(path, old + json.dumps(row, sort_keys=True) + "\n")
+
+
+def live(rows: list[dict]) -> dict | None:
+    """The version the service runs: that of the last promotion or rollback."""
+    events = [row for row in rows if row["event"] in LIVE_EVENTS]
+    return version(rows, events[-1]["version"]) if events else None
+
+
+def version(rows: list[dict], number: int) -> dict:
+    for row in rows:
+        if row["event"] == "promoted" and row["version"] == number:
+            return row
+    known = ", ".join(str(row["version"]) for row in rows if row["event"] == "promoted") or "none yet"
+    raise UserError(f"no version {number} in {HISTORY} (versions: {known}): see `tweetbot history`")
+
+
+def next_version(rows: list[dict]) -> int:
+    return 1 + max((row["version"] for row in rows if row["event"] == "promoted"), default=0)
+
+
+COLUMNS = (
+    "version",
+    "event",
+    "time",
+    "newest_post_id",
+    "new_posts",
+    "val_loss",
+    "live_val_loss",
+    "bundle",
+    "image_tag",
+    "task_definition",
+)
+
+
+def table(rows: list[dict]) -> str:
+    """The history as a plain-text table, oldest first; the live version is marked with *."""
+    current = live(rows)
+    cells = [list(COLUMNS)]
+    for row in rows:
+        values = [_cell(row.get(column)) for column in COLUMNS]
+        values[0] = f"{row['version']}{'*' if row is current else ''}" if row.get("version") else "-"
+        values[COLUMNS.index("task_definition")] = str(row.get("task_definition") or "-").rsplit("/", 1)[-1]
+        cells.append(values)
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in cells
+    )
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)

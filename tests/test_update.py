@@ -1,0 +1,152 @@
+"""`tweetbot update`, `history` and `rollback` end to end, in a throwaway copy of the project (tests/pipeline.py).
+
+The demo account's posts come through tweepy's real client, its HTTP layer answered by `responses` (FakeX of
+test_fetch_x_api.py); AWS is a moto server that the deploy stage reaches over HTTP. Only the container builder
+is replaced: the copy's stages/image.py writes an OCI layout with the bundle as its one layer (tests/aws.py),
+so the image's tag and digest still follow the bundle. The real builder is tested in test_image_build.py.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import shutil
+
+import boto3
+import pytest
+import responses
+import yaml
+
+from tests.aws import moto_server
+from tests.conftest import REPO
+from tests.pipeline import make_project
+from tests.test_fetch_x_api import FakeX
+from tweetbot import history, params
+from tweetbot import update as updating
+from tweetbot.errors import UserError
+
+FAKE_IMAGE_STAGE = '''"""The image stage without a container builder: the bundle as the one layer of an OCI layout."""
+import sys
+from pathlib import Path
+
+from deploy.image import model_version
+from tests.aws import layer, write_image
+
+bundle, layout, record = map(Path, sys.argv[1:])
+files = {f"app/bundle/{p.name}": p.read_bytes() for p in sorted(bundle.rglob("*")) if p.is_file()}
+version = model_version(bundle)
+write_image(layout.parent, [layer(files)], tag=version[:12], model_version=version)
+'''
+
+TINY = {
+    "fetch": {"source": "x_api", "handle": "NASA"},
+    "preprocess": {"min_char_count": 1},
+    "train": {
+        "rnn_size": 32,
+        "num_layers": 1,
+        "seq_length": 32,
+        "batch_size": 8,
+        "max_steps": 30,
+        "eval_every": 30,
+        "learning_rate": 0.01,
+    },
+    "export": {"min_improvement_bpc": 0.0},
+    "update": {"min_new_posts": 50, "fine_tune_steps": 60, "min_improvement": 0.0},
+    "deploy": {"name": "bot"},
+}
+
+
+def demo_timeline() -> list[dict]:
+    """The demo account's posts as the X API's timeline returns them, newest first."""
+    posts = [json.loads(line) for line in (REPO / "data/demo/nasa_tweets.jsonl").read_text().splitlines()]
+    shaped = []
+    for post in posts:
+        created = email.utils.parsedate_to_datetime(post["created_at"]).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        api = {"id": post["id"], "created_at": created, "text": post["text"], "edit_history_tweet_ids": [post["id"]]}
+        if post["text"].startswith("RT @"):
+            api["referenced_tweets"] = [{"type": "retweeted", "id": "1"}]
+        shaped.append(api)
+    return sorted(shaped, key=lambda p: int(p["id"]), reverse=True)
+
+
+def set_params(root, **sections) -> None:
+    document = yaml.safe_load((root / "params.yaml").read_text())
+    for name, values in sections.items():
+        document[name] = {**document.get(name, {}), **values}
+    (root / "params.yaml").write_text(yaml.safe_dump(document))
+
+
+def run_update(root) -> str:
+    return updating.update(params.load("update"))
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    root = make_project(tmp_path / "project")
+    (root / "stages/image.py").write_text(FAKE_IMAGE_STAGE)
+    for name in ("Dockerfile", "pyproject.toml", "uv.lock"):  # the image stage's dependencies
+        shutil.copy2(REPO / name, root / name)
+    set_params(root, **TINY)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("X_BEARER_TOKEN", "test-token")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the fake image stage imports tests.aws
+    with moto_server():
+        os.environ["MOTO_ECS_SERVICE_RUNNING"] = "1"
+        yield root
+
+
+def live_task_definition() -> str:
+    ecs = boto3.client("ecs")
+    (service,) = ecs.describe_services(cluster="bot", services=["bot"])["services"]
+    return service["taskDefinition"]
+
+
+def test_update_promotes_only_a_better_model_and_rolls_back(project, capsys):
+    timeline = demo_timeline()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        x = FakeX(mock, timeline[400:])  # the account, before its newest 400 posts
+
+        assert run_update(project) == "promoted"  # the first version: the whole pipeline
+        first = history.live(history.read())
+        assert first["version"] == 1 and live_task_definition() == first["task_definition"]
+
+        # (1) nothing new: nothing changes, not even dvc.lock
+        lock, params_text = (project / "dvc.lock").read_text(), (project / "params.yaml").read_text()
+        assert run_update(project) == "nothing"
+        assert (project / "dvc.lock").read_text() == lock
+        assert (project / "params.yaml").read_text() == params_text
+        assert len(history.read()) == 1
+
+        # (2) new posts, and fine-tuning from the live model beats it on the old validation posts
+        x.posts = timeline[200:]
+        assert run_update(project) == "promoted"
+        second = history.live(history.read())
+        assert second["version"] == 2 and second["val_loss"] < second["live_val_loss"]
+        assert second["newest_post_id"] == timeline[200]["id"] and second["new_posts"] == 200
+        assert second["bundle"] != first["bundle"] and second["image_tag"] != first["image_tag"]
+        assert live_task_definition() == second["task_definition"] != first["task_definition"]
+        assert params.load("train").init_from == str(updating.INIT)
+
+        # (3) new posts and a worse model (a learning rate that wrecks it): recorded, never deployed
+        x.posts = timeline
+        set_params(project, train={"learning_rate": 0.5})
+        assert run_update(project) == "not_promoted"
+        rows = history.read()
+        assert rows[-1]["event"] == "not_promoted" and rows[-1]["val_loss"] >= rows[-1]["live_val_loss"]
+        assert live_task_definition() == second["task_definition"]
+        assert json.loads((project / "build/deploy.json").read_text())["task_definition"] == second["task_definition"]
+
+    # (4) rollback to the first version, without retraining
+    updating.rollback(1, params.load("deploy"))
+    assert live_task_definition() == first["task_definition"]
+    assert history.live(history.read())["version"] == 1
+    with pytest.raises(UserError, match="no version 7"):
+        updating.rollback(7, params.load("deploy"))
+
+    capsys.readouterr()
+    table = history.table(history.read())
+    print(table)
+    lines = table.splitlines()
+    assert [line.split()[1] for line in lines[1:]] == ["promoted", "promoted", "not_promoted", "rollback"]
+    assert lines[1].startswith("1*")
