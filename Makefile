@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 # Stage commands in dvc.yaml call `python`: the project venv must come first on PATH.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help install demo test test-slow lint bench bench-quality plots serve deploy moto
+.PHONY: help install demo test test-slow lint bench bench-quality plots serve deploy update moto
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,11 @@ serve: install  ## serve the exported bundle on http://localhost:8080/ (PORT=...
 # AWS credentials and region: the standard AWS chain (README, "Deploy to AWS").
 deploy: install  ## deploy to AWS (ECR + ECS Fargate), then `dvc push`
 	$(BIN)/dvc repro --pull deploy
+	$(BIN)/dvc push
+
+# New posts in, a better bot out, or nothing changes (README, "Keep the bot fresh"); then store what it made.
+update: install  ## fetch new posts, fine-tune, deploy only a better model, record it in models/history.jsonl
+	$(BIN)/tweetbot update
 	$(BIN)/dvc push
 
 # A fake AWS on this machine, to try `make deploy` without an account: see "Try it without AWS" in README.md.
