@@ -188,7 +188,7 @@ def _train_interval(params, model, lanes, train_step, state, carry, meta, bar):
         if k == 0:
             carry = model.initial_carry(lanes.lanes)  # a new epoch starts from a clean state
         state, carry, loss = train_step(state, carry, *lanes.window(k))
-        losses.append(loss)
+        losses.append(loss.block_until_ready())  # so the bar and the time budget see real progress
         meta["step"] += 1
         bar.update(1)
         step = meta["step"]
