@@ -9,6 +9,7 @@ so the image's tag and digest still follow the bundle. The real builder is teste
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ import yaml
 
 from tests.aws import moto_server
 from tests.conftest import REPO
-from tests.pipeline import make_project
+from tests.pipeline import dvc, make_project
 from tests.test_fetch_x_api import FakeX
 from tweetbot import history, params
 from tweetbot import update as updating
@@ -96,13 +97,44 @@ def project(tmp_path, monkeypatch):
         yield root
 
 
+class Killed(Exception):
+    """Stands for a kill of `tweetbot update` half-way."""
+
+
+def kill_after(monkeypatch, *dvc_args: str) -> None:
+    """Make the next update die right after its `dvc *dvc_args` (a re-run must finish the job)."""
+    real = updating.dvc
+
+    def dvc_then_die(*args):
+        result = real(*args)
+        if args == dvc_args:
+            monkeypatch.setattr(updating, "dvc", real)
+            raise Killed(" ".join(args))
+        return result
+
+    monkeypatch.setattr(updating, "dvc", dvc_then_die)
+
+
+def md5(path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def train_out_md5(root) -> str:
+    (out,) = [
+        out
+        for out in yaml.safe_load((root / "dvc.lock").read_text())["stages"]["train"]["outs"]
+        if out["path"] == str(updating.BEST)
+    ]
+    return out["md5"]
+
+
 def live_task_definition() -> str:
     ecs = boto3.client("ecs")
     (service,) = ecs.describe_services(cluster="bot", services=["bot"])["services"]
     return service["taskDefinition"]
 
 
-def test_update_promotes_only_a_better_model_and_rolls_back(project, capsys):
+def test_update_promotes_only_a_better_model_and_rolls_back(project, monkeypatch, capsys):
     timeline = demo_timeline()
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         x = FakeX(mock, timeline[400:])  # the account, before its newest 400 posts
@@ -118,24 +150,44 @@ def test_update_promotes_only_a_better_model_and_rolls_back(project, capsys):
         assert (project / "params.yaml").read_text() == params_text
         assert len(history.read()) == 1
 
-        # (2) new posts, and fine-tuning from the live model beats it on the old validation posts
+        # (2) new posts, and fine-tuning from the live model beats it on the old validation posts;
+        # killed right after the fetch, the re-run finishes the job
         x.posts = timeline[200:]
+        kill_after(monkeypatch, "commit", "--force", "fetch")
+        with pytest.raises(Killed):
+            run_update(project)
+        assert len(history.read()) == 1
         assert run_update(project) == "promoted"
+        assert len(history.read()) == 2
         second = history.live(history.read())
         assert second["version"] == 2 and second["val_loss"] < second["live_val_loss"]
         assert second["newest_post_id"] == timeline[200]["id"] and second["new_posts"] == 200
         assert second["bundle"] != first["bundle"] and second["image_tag"] != first["image_tag"]
         assert live_task_definition() == second["task_definition"] != first["task_definition"]
         assert params.load("train").init_from == str(updating.INIT)
+        assert train_out_md5(project) == second["checkpoint_md5"]
 
-        # (3) new posts and a worse model (a learning rate that wrecks it): recorded, never deployed
+        # (3) new posts and a worse model (a learning rate that wrecks it): recorded, never deployed, and the
+        # pipeline's record of the model is the live one again. Killed after training, the re-run finishes it.
         x.posts = timeline
         set_params(project, train={"learning_rate": 0.5})
+        before = {name: (project / name).read_text() for name in ("params.yaml",)}
+        export_entry = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["export"]
+        kill_after(monkeypatch, "repro", "train")
+        with pytest.raises(Killed):
+            run_update(project)
+        assert train_out_md5(project) != second["checkpoint_md5"]  # the rejected model, before the re-run
         assert run_update(project) == "not_promoted"
         rows = history.read()
-        assert rows[-1]["event"] == "not_promoted" and rows[-1]["val_loss"] >= rows[-1]["live_val_loss"]
+        assert [row["event"] for row in rows] == ["promoted", "promoted", "not_promoted"]
+        assert rows[-1]["val_loss"] >= rows[-1]["live_val_loss"]
         assert live_task_definition() == second["task_definition"]
         assert json.loads((project / "build/deploy.json").read_text())["task_definition"] == second["task_definition"]
+        assert train_out_md5(project) == md5(project / updating.BEST) == second["checkpoint_md5"]
+        assert yaml.safe_load((project / "dvc.lock").read_text())["stages"]["export"] == export_entry
+        assert {name: (project / name).read_text() for name in before} == before
+        status = json.loads(dvc(project, "status", "--json").stdout)
+        assert not any("changed outs" in change for changes in status.values() for change in changes), status
 
     # (4) rollback to the first version, without retraining
     updating.rollback(1, params.load("deploy"))

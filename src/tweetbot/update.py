@@ -11,7 +11,14 @@ An update drives the pipeline's own DVC stages; nothing is special-cased:
    `dvc repro train` trains. The new checkpoint and the live one are scored on the OLD validation posts (the
    split is by post id, so they are validation posts for both). Only a model better by
    `update.min_improvement` nats/char goes on: `dvc repro deploy` (export, image, deploy) and a `promoted`
-   line in the history. Otherwise a `not_promoted` line, and the service keeps its task definition.
+   line in the history.
+4. Otherwise a `not_promoted` line, the service keeps its task definition, and the pipeline's record of the
+   model goes back to the live one: params.yaml, the init checkpoint, the train entry of dvc.lock and its
+   outputs, as they were before the fine-tune (saved in models/update/ first). The new posts and their
+   preprocessing stay. So no later `make deploy` can ship the rejected model: the export entry and the bundle
+   were never touched, and the train entry again names the live checkpoint. (Such a `make deploy` would see
+   train out of date with the new posts and train again as params.yaml says, without this gate: keep the bot
+   fresh with `tweetbot update` only.)
 
 The vocabulary is rebuilt by preprocess from the new data: it may gain characters and its order (by frequency)
 may change. The live checkpoint is remapped by character: each known character keeps its embedding row and
@@ -20,7 +27,8 @@ fine-tuning teaches it apart. So the embedding and the head grow; nothing the li
 
 Killed half-way, a re-run redoes what is missing: the posts are on disk, DVC skips stages that finished, a
 killed training resumes from its last checkpoint, deploying is idempotent, and the history line is written
-last, so the new posts still count as new until it is.
+last, so the new posts still count as new until it is. The live model's record saved before the fine-tune is
+kept until then too, so a rejection after a re-run still puts back the live model, not the killed run's.
 
 The live model's checkpoint and vocabulary come from the DVC cache by the hashes its history line records
 (the remote's copy needs `dvc pull` of the commit that recorded it), so they are never retrained.
@@ -41,7 +49,7 @@ import yaml
 from tweetbot import corpus, history, params
 from tweetbot.errors import UserError
 from tweetbot.params import UpdateParams
-from tweetbot.posts import read_posts
+from tweetbot.posts import read_posts, write_text_atomically
 from tweetbot.vocab import SPECIALS, UNK, Vocab
 
 RAW = Path("data/raw/tweets.jsonl")
@@ -51,8 +59,11 @@ VOCAB = PROCESSED / "vocab.json"
 EXPORT_MANIFEST = Path("models/export/manifest.json")
 IMAGE_RECORD = Path("build/image.json")
 DEPLOY_RECORD = Path("build/deploy.json")
-WORK = Path("models/update")  # not in git: the live model and the fine-tune's start, rebuilt on every run
-INIT = WORK / "init.msgpack"
+LOCK = Path("dvc.lock")
+DVCLIVE = Path("dvclive")  # the train stage's metrics and curves (in git, not in the DVC cache)
+INIT = Path("models/update/init.msgpack")  # not in git: the fine-tune's start, rebuilt on every run
+INIT_RECORD = INIT.with_name(INIT.name + ".dvc")
+LIVE_RECORD = Path("models/update/live.json")  # not in git: what a rejection puts back, until the update ends
 
 
 def update(p: UpdateParams, say=print) -> str:
@@ -81,6 +92,7 @@ def update(p: UpdateParams, say=print) -> str:
         _from_cache(live["checkpoint_md5"]),
         Vocab.from_json(json.loads(_from_cache(live["vocab_md5"]).read_text())),
     )
+    live_record = save_live_record()
     remap_checkpoint(live_checkpoint, live_vocab, Vocab.load(VOCAB), INIT)
     set_train_params(init_from=str(INIT), max_steps=p.fine_tune_steps)
     dvc("repro", "train")
@@ -92,13 +104,50 @@ def update(p: UpdateParams, say=print) -> str:
     if row["val_loss"] < row["live_val_loss"] - p.min_improvement:
         dvc("repro", "deploy")
         return _promote(rows, row)
+    restore_live_record(live_record)
     history.append({**row, "event": "not_promoted", "version": None, "from_version": live["version"]})
-    say(f"not promoted: version {live['version']} stays live")
+    LIVE_RECORD.unlink()
+    say(f"not promoted: version {live['version']} stays live, and dvc.lock names it again")
     return "not_promoted"
 
 
+def save_live_record() -> dict:
+    """Save what a rejected fine-tune changes: params.yaml, the init record, dvclive/, dvc.lock's train entry.
+
+    Saved once per update: after a kill, the re-run finds the live model's record, not the killed run's.
+    """
+    if LIVE_RECORD.exists():
+        return json.loads(LIVE_RECORD.read_text())
+    record = {
+        "files": {str(path): path.read_text() for path in _recorded_files()},
+        "train": yaml.safe_load(LOCK.read_text())["stages"]["train"],
+    }
+    write_text_atomically(LIVE_RECORD, json.dumps(record))
+    return record
+
+
+def restore_live_record(record: dict) -> None:
+    """Put params.yaml, the init checkpoint, dvc.lock's train entry and its outputs back as `record` has them."""
+    for path in _recorded_files():
+        if str(path) not in record["files"]:
+            path.unlink()
+    for name, text in record["files"].items():
+        write_text_atomically(Path(name), text)
+    lock = yaml.safe_load(LOCK.read_text())
+    lock["stages"]["train"] = record["train"]
+    write_text_atomically(LOCK, yaml.safe_dump(lock, sort_keys=False))
+    dvc("checkout", "--force", "train", *([str(INIT_RECORD)] if INIT_RECORD.exists() else []))
+    if not INIT_RECORD.exists():
+        INIT.unlink(missing_ok=True)
+
+
+def _recorded_files() -> list[Path]:
+    candidates = [params.PARAMS_FILE, INIT_RECORD, *DVCLIVE.rglob("*")]
+    return sorted(path for path in candidates if path.is_file())
+
+
 def _promote(rows: list[dict], row: dict) -> str:
-    lock = yaml.safe_load(Path("dvc.lock").read_text())["stages"]
+    lock = yaml.safe_load(LOCK.read_text())["stages"]
     deployed = json.loads(DEPLOY_RECORD.read_text())
     row |= {
         "event": "promoted",
@@ -113,6 +162,7 @@ def _promote(rows: list[dict], row: dict) -> str:
     if "val_loss" not in row:
         row["val_loss"] = json.loads(Path("dvclive/metrics.json").read_text())["val_loss"]
     history.append(row)
+    LIVE_RECORD.unlink(missing_ok=True)
     print(f"promoted: version {row['version']} is live ({row['task_definition'].rsplit('/', 1)[-1]})")
     return "promoted"
 
