@@ -139,9 +139,7 @@ def load(server: Server, clients: int, seconds: float, limit: int | None = None,
     async def run() -> float:
         started = time.perf_counter()
         deadline = started + seconds
-        await asyncio.gather(
-            *(client(server.port, path, deadline, latencies, errors, limit) for _ in range(clients))
-        )
+        await asyncio.gather(*(client(server.port, path, deadline, latencies, errors, limit) for _ in range(clients)))
         return time.perf_counter() - started
 
     elapsed = asyncio.run(run())

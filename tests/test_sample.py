@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from itertools import pairwise
 
 import jax
 import jax.numpy as jnp
@@ -133,7 +134,7 @@ def test_engine_rows_joining_at_any_chunk_write_what_they_write_alone(sampler, j
     alone = [sampler.generate([request])[0] for request in MIXED]
     texts, busy = run_engine(Engine(sampler, slots=3), MIXED, join_every)
     assert texts == alone
-    assert any(0 < before < after for before, after in zip(busy, busy[1:]))  # rows joined running ones
+    assert any(0 < before < after for before, after in pairwise(busy))  # rows joined running ones
     assert len(busy) < sum(-(-(len(r.prime) + r.max_length) // STREAM_CHUNK) for r in MIXED)  # shared chunks
 
 

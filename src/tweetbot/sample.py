@@ -191,6 +191,7 @@ class Sampler:
         self.vocab = vocab
         self._generate = jax.jit(self._generate_batch)
         self._chunk = jax.jit(self._run_chunk)
+        self._carry_row = jax.eval_shape(lambda: model.initial_carry(1))  # zeros in numpy: no device call per row
 
     # --- the compiled parts -------------------------------------------------------------------------------
 
@@ -232,7 +233,7 @@ class Sampler:
 
     def start_state(self, batch_size: int) -> _State:
         """Rows about to start: zero carry, first input EOS, step 0 (host arrays, so slots can be set)."""
-        carry = jax.tree.map(np.array, self.model.initial_carry(batch_size))
+        carry = jax.tree.map(lambda row: np.zeros((batch_size, *row.shape[1:]), row.dtype), self._carry_row)
         tokens, steps = np.full(batch_size, EOS, np.int32), np.zeros(batch_size, np.int32)
         return _State(carry, tokens, steps, np.zeros(batch_size, bool))
 
