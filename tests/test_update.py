@@ -21,7 +21,7 @@ import yaml
 
 from tests.aws import moto_server
 from tests.conftest import REPO
-from tests.pipeline import dvc, make_project
+from tests.pipeline import dvc, make_project, run
 from tests.test_fetch_x_api import FakeX
 from tweetbot import history, params
 from tweetbot import update as updating
@@ -128,13 +128,25 @@ def train_out_md5(root) -> str:
     return out["md5"]
 
 
+def assert_fine_tune_reproduces_in_a_clone(root, clone) -> None:
+    """A fresh clone of the commit (DVC data from the cache, as `dvc pull` gets it) can `dvc repro -f` train."""
+    run(root, "git", "add", "-A")
+    run(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "update")
+    run(root.parent, "git", "clone", "-q", str(root), str(clone))
+    dvc(clone, "config", "--local", "cache.dir", str(root / ".dvc/cache"))
+    dvc(clone, "checkout")
+    assert yaml.safe_load((clone / "params.yaml").read_text())["train"]["init_from"] == str(updating.INIT)
+    assert dvc(clone, "status", "train").stdout.strip() == "Data and pipelines are up to date."
+    dvc(clone, "repro", "--force", "--single-item", "train")
+
+
 def live_task_definition() -> str:
     ecs = boto3.client("ecs")
     (service,) = ecs.describe_services(cluster="bot", services=["bot"])["services"]
     return service["taskDefinition"]
 
 
-def test_update_promotes_only_a_better_model_and_rolls_back(project, monkeypatch, capsys):
+def test_update_promotes_only_a_better_model_and_rolls_back(project, tmp_path, monkeypatch, capsys):
     timeline = demo_timeline()
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         x = FakeX(mock, timeline[400:])  # the account, before its newest 400 posts
@@ -166,12 +178,13 @@ def test_update_promotes_only_a_better_model_and_rolls_back(project, monkeypatch
         assert live_task_definition() == second["task_definition"] != first["task_definition"]
         assert params.load("train").init_from == str(updating.INIT)
         assert train_out_md5(project) == second["checkpoint_md5"]
+        assert_fine_tune_reproduces_in_a_clone(project, tmp_path / "clone")
 
         # (3) new posts and a worse model (a learning rate that wrecks it): recorded, never deployed, and the
         # pipeline's record of the model is the live one again. Killed after training, the re-run finishes it.
         x.posts = timeline
         set_params(project, train={"learning_rate": 0.5})
-        before = {name: (project / name).read_text() for name in ("params.yaml",)}
+        before = {name: (project / name).read_text() for name in ("params.yaml", "models/init.msgpack.dvc")}
         export_entry = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["export"]
         kill_after(monkeypatch, "repro", "train")
         with pytest.raises(Killed):

@@ -7,11 +7,11 @@ An update drives the pipeline's own DVC stages; nothing is special-cased:
    Fewer: "nothing to do", and neither dvc.lock nor the history changes.
 2. The first update (no history yet) runs `dvc repro deploy` as params.yaml stands and records version 1.
 3. Later ones fine-tune: `dvc repro preprocess`, then params.yaml `train.init_from` is set to the live model
-   (remapped to the new vocabulary, below) and `train.max_steps` to `update.fine_tune_steps`, and
-   `dvc repro train` trains. The new checkpoint and the live one are scored on the OLD validation posts (the
-   split is by post id, so they are validation posts for both). Only a model better by
-   `update.min_improvement` nats/char goes on: `dvc repro deploy` (export, image, deploy) and a `promoted`
-   line in the history.
+   (remapped to the new vocabulary, below; `dvc add`ed, so a clone's `dvc pull` has it and `dvc repro train`
+   works there too) and `train.max_steps` to `update.fine_tune_steps`, and `dvc repro train` trains. The new
+   checkpoint and the live one are scored on the OLD validation posts (the split is by post id, so they are
+   validation posts for both). Only a model better by `update.min_improvement` nats/char goes on:
+   `dvc repro deploy` (export, image, deploy) and a `promoted` line in the history.
 4. Otherwise a `not_promoted` line, the service keeps its task definition, and the pipeline's record of the
    model goes back to the live one: params.yaml, the init checkpoint, the train entry of dvc.lock and its
    outputs, as they were before the fine-tune (saved in models/update/ first). The new posts and their
@@ -61,7 +61,7 @@ IMAGE_RECORD = Path("build/image.json")
 DEPLOY_RECORD = Path("build/deploy.json")
 LOCK = Path("dvc.lock")
 DVCLIVE = Path("dvclive")  # the train stage's metrics and curves (in git, not in the DVC cache)
-INIT = Path("models/update/init.msgpack")  # not in git: the fine-tune's start, rebuilt on every run
+INIT = Path("models/init.msgpack")  # the fine-tune's start, `dvc add`ed: params.yaml names it after a fine-tune
 INIT_RECORD = INIT.with_name(INIT.name + ".dvc")
 LIVE_RECORD = Path("models/update/live.json")  # not in git: what a rejection puts back, until the update ends
 
@@ -94,6 +94,7 @@ def update(p: UpdateParams, say=print) -> str:
     )
     live_record = save_live_record()
     remap_checkpoint(live_checkpoint, live_vocab, Vocab.load(VOCAB), INIT)
+    dvc("add", str(INIT))
     set_train_params(init_from=str(INIT), max_steps=p.fine_tune_steps)
     dvc("repro", "train")
 
