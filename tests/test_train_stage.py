@@ -19,9 +19,7 @@ from tests.trainkit import TINY, params_yaml, write_data
 from tweetbot import checkpoint
 
 STAGE = [sys.executable, str(REPO / "stages" / "train.py"), "data/processed", "models/checkpoints", "dvclive"]
-TINY_YAML = {
-    k: getattr(TINY, k) for k in ("rnn_size", "num_layers", "seq_length", "batch_size", "eval_every")
-}
+TINY_YAML = {k: getattr(TINY, k) for k in ("rnn_size", "num_layers", "seq_length", "batch_size", "eval_every")}
 
 
 @pytest.fixture
@@ -38,9 +36,7 @@ def stage(workdir: Path, **params) -> subprocess.CompletedProcess:
 def test_killed_run_resumes_from_its_last_checkpoint(workdir):
     (workdir / "params.yaml").write_text(params_yaml(**TINY_YAML, max_steps=100_000))
     last = workdir / "models" / "checkpoints" / checkpoint.LAST
-    process = subprocess.Popen(
-        STAGE, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
+    process = subprocess.Popen(STAGE, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 240
     while not last.exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
@@ -75,6 +71,7 @@ def test_diverging_run_is_one_line(workdir):
     assert "the loss became nan by step 10" in error and "lower learning_rate" in error
 
 
+@pytest.mark.slow  # git + dvc + a training subprocess: 10 s on a quiet machine, a minute on a busy one
 def test_dvc_exp_run_sets_a_train_param(tmp_path):
     """`dvc exp run -S train.rnn_size=...` in a throwaway repository with the real stage definition."""
     pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
