@@ -146,6 +146,29 @@ def live_task_definition() -> str:
     return service["taskDefinition"]
 
 
+def test_the_first_update_deploys_version_1_then_too_few_new_posts_change_nothing(project, capsys):
+    timeline = demo_timeline()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        x = FakeX(mock, timeline[400:])  # the account, before its newest 400 posts
+
+        assert run_update(project) == "promoted"  # the first version: the whole pipeline
+        (first,) = history.read()
+        assert first["version"] == 1 and live_task_definition() == first["task_definition"]
+        assert first["newest_post_id"] == timeline[400]["id"] and train_out_md5(project) == first["checkpoint_md5"]
+
+        # (1) fewer new posts than update.min_new_posts: nothing changes, not even dvc.lock
+        too_few = TINY["update"]["min_new_posts"] - 1
+        x.posts = timeline[400 - too_few :]
+        lock, params_text = (project / "dvc.lock").read_text(), (project / "params.yaml").read_text()
+        capsys.readouterr()
+        assert run_update(project) == "nothing"
+        assert capsys.readouterr().out.startswith(f"nothing to do: {too_few} new post(s)")
+        assert (project / "dvc.lock").read_text() == lock
+        assert (project / "params.yaml").read_text() == params_text
+        assert history.read() == [first] and live_task_definition() == first["task_definition"]
+
+
+@pytest.mark.slow  # three trainings, two deployments and a clone's retraining: over a minute
 def test_update_promotes_only_a_better_model_and_rolls_back(project, tmp_path, monkeypatch, capsys):
     timeline = demo_timeline()
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
@@ -154,13 +177,6 @@ def test_update_promotes_only_a_better_model_and_rolls_back(project, tmp_path, m
         assert run_update(project) == "promoted"  # the first version: the whole pipeline
         first = history.live(history.read())
         assert first["version"] == 1 and live_task_definition() == first["task_definition"]
-
-        # (1) nothing new: nothing changes, not even dvc.lock
-        lock, params_text = (project / "dvc.lock").read_text(), (project / "params.yaml").read_text()
-        assert run_update(project) == "nothing"
-        assert (project / "dvc.lock").read_text() == lock
-        assert (project / "params.yaml").read_text() == params_text
-        assert len(history.read()) == 1
 
         # (2) new posts, and fine-tuning from the live model beats it on the old validation posts;
         # killed right after the fetch, the re-run finishes the job
