@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -146,7 +147,16 @@ def run(params: TrainParams, data_dir: Path, checkpoint_dir: Path, live_dir: Pat
     train_step = make_train_step(model, params.seed).lower(state, carry, *lanes.window(0)).compile()
     evaluate = make_evaluate(model).lower(state.params, *val).compile()
 
-    bar = tqdm(total=params.max_steps, initial=meta["step"], desc="train", unit="step", dynamic_ncols=True)
+    # In a log file rather than a terminal (CI, `make demo > log`), a line every few seconds is enough.
+    refresh_s = 0.1 if sys.stderr.isatty() else 5.0
+    bar = tqdm(
+        total=params.max_steps,
+        initial=meta["step"],
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=refresh_s,
+    )
     with Live(str(live_dir), resume=bool(resumed), dvcyaml=None, save_dvc_exp=False) as live, bar:
         if resumed:
             _drop_rows_after(live_dir, meta["step"])
