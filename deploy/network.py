@@ -36,9 +36,7 @@ def security_group_name(name: str) -> str:
 def default_vpc(aws: Aws) -> str:
     vpcs = aws.client("ec2").describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
     if not vpcs:
-        raise UserError(
-            f"no default VPC in {aws.region}: set deploy.subnets and deploy.security_groups in params.yaml"
-        )
+        raise UserError(f"no default VPC in {aws.region}: set deploy.subnets and deploy.security_groups in params.yaml")
     return vpcs[0]["VpcId"]
 
 

@@ -10,8 +10,17 @@ from pathlib import Path
 from tests.conftest import REPO
 
 VENV_BIN = REPO / ".venv" / "bin"
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", "stages", "src", "service", "deploy",
-                 "data/demo"]
+PROJECT_FILES = [
+    "dvc.yaml",
+    "params.yaml",
+    ".dvc/config",
+    ".dvcignore",
+    "stages",
+    "src",
+    "service",
+    "deploy",
+    "data/demo",
+]
 
 
 def make_project(root: Path) -> Path:

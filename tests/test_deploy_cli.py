@@ -46,8 +46,7 @@ def stage(cwd):
 def repositories() -> set[str]:
     session, _ = counting_session()
     return {
-        repository["repositoryName"]
-        for repository in session.client("ecr").describe_repositories()["repositories"]
+        repository["repositoryName"] for repository in session.client("ecr").describe_repositories()["repositories"]
     }
 
 

@@ -51,9 +51,7 @@ def api_post(number: int, kind: str = "post") -> dict:
 def timeline(first: int, last: int) -> list[dict]:
     """Posts number first..last, newest first; every 10th a retweet, every 7th a reply."""
     kinds = {0: "retweet"}
-    return [
-        api_post(n, "reply" if n % 7 == 0 else kinds.get(n % 10, "post")) for n in range(last, first - 1, -1)
-    ]
+    return [api_post(n, "reply" if n % 7 == 0 else kinds.get(n % 10, "post")) for n in range(last, first - 1, -1)]
 
 
 class Killed(BaseException):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import REPO
 from tweetbot import params
 from tweetbot.errors import UserError
-from tests.conftest import REPO
 
 
 def write(tmp_path, text: str):

@@ -30,9 +30,7 @@ def service(tmp_path_factory):
     """The live service's URL and how many 5xx it had answered when the fuzzing started (its readiness
     probe's 503s while it compiled)."""
     folder = tmp_path_factory.mktemp("fuzz")
-    with live_service(
-        write_tiny_bundle(folder / "export"), folder / "service.log", TWEETBOT_MAX_BATCH="4"
-    ) as url:
+    with live_service(write_tiny_bundle(folder / "export"), folder / "service.log", TWEETBOT_MAX_BATCH="4") as url:
         yield url, answered(url)
 
 
@@ -66,9 +64,7 @@ def cases() -> list:
         for method in METHODS:
             if operation := getattr(item, method):
                 modes = list(MODES) if operation.parameters or operation.request_body else ["valid"]
-                found += [
-                    pytest.param(m, method.upper(), path, id=f"{m}-{method.upper()}-{path}") for m in modes
-                ]
+                found += [pytest.param(m, method.upper(), path, id=f"{m}-{method.upper()}-{path}") for m in modes]
     return found
 
 

@@ -48,9 +48,7 @@ def preprocess(
 @app.command()
 def train(
     data: Path = typer.Option(PROCESSED, help="the folder of train.npy, val.npy and vocab.json"),
-    checkpoints: Path = typer.Option(
-        Path("models/checkpoints"), help="the folder for best and last checkpoints"
-    ),
+    checkpoints: Path = typer.Option(Path("models/checkpoints"), help="the folder for best and last checkpoints"),
     live: Path = typer.Option(Path("dvclive"), help="DVCLive's folder for metrics and loss curves"),
 ) -> None:
     """Train the character RNN of params.yaml `train:`; a killed run resumes from its last checkpoint."""

@@ -70,9 +70,7 @@ def export_model(
     stats = data_statistics(train_tokens, vocab)
     check_quality(val_bpc, stats["unigram_bpc"], params)
     metrics = {**metrics, "val_bpc": val_bpc, "improvement_bpc": round(stats["unigram_bpc"] - val_bpc, 4)}
-    return bundle.write(
-        out, model, variables, vocab, metrics=metrics, train_params=train_params, data_stats=stats
-    )
+    return bundle.write(out, model, variables, vocab, metrics=metrics, train_params=train_params, data_stats=stats)
 
 
 # What the bundle's manifest keeps of the checkpoint's record (src/tweetbot/checkpoint.py).

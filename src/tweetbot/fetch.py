@@ -91,9 +91,7 @@ def _fetch_x_api(p: FetchParams, out: Path) -> None:
     if state.get("source") == "x_api" and state.get("handle") == handle.lower() and out.exists():
         posts = read_posts(out)
         if state.get("query") != query:
-            _say(
-                f"fetch params changed since the last fetch of @{handle}: asking for the whole timeline again"
-            )
+            _say(f"fetch params changed since the last fetch of @{handle}: asking for the whole timeline again")
             state = {}
     else:
         if out.exists():

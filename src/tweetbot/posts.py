@@ -88,9 +88,7 @@ def _parse_time(text: str) -> datetime:
     try:
         return datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(
-            f"created_at {text!r} is neither ISO 8601 nor like 'Wed Oct 10 20:19:24 +0000 2018'"
-        ) from None
+        raise ValueError(f"created_at {text!r} is neither ISO 8601 nor like 'Wed Oct 10 20:19:24 +0000 2018'") from None
 
 
 def newest_first(posts: Iterable[Post]) -> list[Post]:

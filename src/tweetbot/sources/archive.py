@@ -20,9 +20,7 @@ from pathlib import Path
 from tweetbot.errors import UserError
 from tweetbot.posts import Post, make_post
 
-PART_NAME = re.compile(
-    r"tweets?(?:-part(\d+))?\.js"
-)  # tweets.js, tweets-part1.js, ... (not deleted-tweets.js)
+PART_NAME = re.compile(r"tweets?(?:-part(\d+))?\.js")  # tweets.js, tweets-part1.js, ... (not deleted-tweets.js)
 FIX = "download the archive again, or point fetch.path at its data/tweets.js"
 
 
@@ -82,18 +80,14 @@ def parse_part(name: str, text: str) -> list[Post]:
         items = json.loads(body)
     except json.JSONDecodeError as error:
         line = prefix.count("\n") + error.lineno
-        raise UserError(
-            f"{name} is truncated or damaged (invalid JSON at line {line}: {error.msg}): {FIX}"
-        ) from None
+        raise UserError(f"{name} is truncated or damaged (invalid JSON at line {line}: {error.msg}): {FIX}") from None
     if not isinstance(items, list):
         raise UserError(f"{name}: expected a list `[...]` after `=`, found {type(items).__name__}; {FIX}")
     return [_post(name, number, item) for number, item in enumerate(items, start=1)]
 
 
 def _post(name: str, number: int, item: object) -> Post:
-    tweet = (
-        item.get("tweet", item) if isinstance(item, dict) else None
-    )  # pre-2020 archives: no "tweet" wrapper
+    tweet = item.get("tweet", item) if isinstance(item, dict) else None  # pre-2020 archives: no "tweet" wrapper
     where = f"{name}: post {number}"
     if not isinstance(tweet, dict):
         raise UserError(f"{where} is not an object: {FIX}")
