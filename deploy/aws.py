@@ -49,9 +49,7 @@ class Aws:
         except botocore.exceptions.ProfileNotFound as error:
             raise UserError(f"{error}: set AWS_PROFILE to a profile in ~/.aws/config") from None
         if not self.session.region_name:
-            raise UserError(
-                "no AWS region: set AWS_REGION (or `region:` in the deploy: section of params.yaml)"
-            )
+            raise UserError("no AWS region: set AWS_REGION (or `region:` in the deploy: section of params.yaml)")
         if self.session.get_credentials() is None:
             raise UserError(
                 "no AWS credentials: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
@@ -105,7 +103,5 @@ class Aws:
                     f"AWS refused the credentials ({error_code(error)}): refresh them or pick another profile"
                 ) from None
             except botocore.exceptions.BotoCoreError as error:
-                raise UserError(
-                    f"cannot reach AWS ({error}): check the network and AWS_ENDPOINT_URL"
-                ) from None
+                raise UserError(f"cannot reach AWS ({error}): check the network and AWS_ENDPOINT_URL") from None
         return self._identity

@@ -46,9 +46,7 @@ def read_layout(layout: Path) -> OciImage:
         raise UserError(f"{layout} is not an OCI image layout (no index.json): run `dvc repro image` first")
     manifests = json.loads(index_file.read_text()).get("manifests", [])
     if len(manifests) != 1 or manifests[0].get("mediaType") not in MANIFEST_TYPES:
-        raise UserError(
-            f"{index_file} must name exactly one single-platform image manifest: rebuild the image"
-        )
+        raise UserError(f"{index_file} must name exactly one single-platform image manifest: rebuild the image")
     descriptor = manifests[0]
     manifest = _read_blob(layout, descriptor["digest"])
     content = json.loads(manifest)
@@ -92,11 +90,7 @@ def ensure_repository(aws: Aws, name: str) -> tuple[str, bool]:
                 imageTagMutability="IMMUTABLE",
             )["repository"],
         )
-        uri = (
-            created["repositoryUri"]
-            if created
-            else f"{aws.account_id}.dkr.ecr.{aws.region}.amazonaws.com/{name}"
-        )
+        uri = created["repositoryUri"] if created else f"{aws.account_id}.dkr.ecr.{aws.region}.amazonaws.com/{name}"
         return uri, False
     if not repository.get("imageScanningConfiguration", {}).get("scanOnPush"):
         aws.change(
@@ -123,9 +117,7 @@ def push(aws: Aws, repository: str, image: OciImage, tag: str, repository_existe
         available = ecr.batch_check_layer_availability(
             repositoryName=repository, layerDigests=[blob.digest for blob in image.blobs]
         )["layers"]
-        present = {
-            layer["layerDigest"] for layer in available if layer.get("layerAvailability") == "AVAILABLE"
-        }
+        present = {layer["layerDigest"] for layer in available if layer.get("layerAvailability") == "AVAILABLE"}
     else:
         present = set()
     missing = [blob for blob in image.blobs if blob.digest not in present]
@@ -156,9 +148,7 @@ def _upload(ecr, repository: str, blob: Blob) -> None:
             )
             first += len(part)
     try:
-        ecr.complete_layer_upload(
-            repositoryName=repository, uploadId=upload["uploadId"], layerDigests=[blob.digest]
-        )
+        ecr.complete_layer_upload(repositoryName=repository, uploadId=upload["uploadId"], layerDigests=[blob.digest])
     except botocore.exceptions.ClientError as error:
         if error_code(error) != "LayerAlreadyExistsException":  # another push uploaded it meanwhile
             raise

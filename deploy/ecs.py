@@ -17,9 +17,7 @@ from deploy.aws import Aws, error_code
 EXECUTION_POLICY = "policy/service-role/AmazonECSTaskExecutionRolePolicy"
 TRUST_POLICY = {
     "Version": "2012-10-17",
-    "Statement": [
-        {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}
-    ],
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}],
 }
 DEPLOYMENT_CONFIGURATION = {
     "deploymentCircuitBreaker": {"enable": True, "rollback": True},
@@ -65,9 +63,7 @@ def ensure_execution_role(aws: Aws, name: str) -> str:
     if role is None:
         arn = aws.change(
             f"create IAM role {name} (trusted by ecs-tasks.amazonaws.com)",
-            lambda: iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(TRUST_POLICY))["Role"][
-                "Arn"
-            ],
+            lambda: iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(TRUST_POLICY))["Role"]["Arn"],
             planned=f"arn:{aws.partition}:iam::{aws.account_id}:role/{name}",
         )
         attached = []
@@ -154,9 +150,9 @@ def ensure_task_definition(aws: Aws, definition: dict) -> str:
         return latest["taskDefinition"]["taskDefinitionArn"]
     return aws.change(
         f"register a new revision of task definition {family}",
-        lambda: ecs.register_task_definition(**definition, tags=[{"key": SPEC_TAG, "value": digest}])[
-            "taskDefinition"
-        ]["taskDefinitionArn"],
+        lambda: ecs.register_task_definition(**definition, tags=[{"key": SPEC_TAG, "value": digest}])["taskDefinition"][
+            "taskDefinitionArn"
+        ],
         planned=f"{family}:(new revision)",
     )
 
@@ -186,13 +182,9 @@ def ensure_service(
     """Create the service, or update it where it differs. Returns the service as AWS describes it."""
     ecs = aws.client("ecs")
     load_balancers = (
-        [{"targetGroupArn": target_group_arn, "containerName": name, "containerPort": port}]
-        if target_group_arn
-        else []
+        [{"targetGroupArn": target_group_arn, "containerName": name, "containerPort": port}] if target_group_arn else []
     )
-    balancing = (
-        {"loadBalancers": load_balancers, "healthCheckGracePeriodSeconds": 60} if load_balancers else {}
-    )
+    balancing = {"loadBalancers": load_balancers, "healthCheckGracePeriodSeconds": 60} if load_balancers else {}
     service = describe_service(aws, cluster, name)
     if service is None:
         return aws.change(
@@ -240,9 +232,7 @@ def service_differences(service: dict, task_definition_arn: str, network: dict, 
         differences.append("load balancer")
     # ECS always reports the deployment configuration; where an API leaves it out there is nothing to compare.
     reported = service.get("deploymentConfiguration")
-    if reported is not None and any(
-        reported.get(key) != value for key, value in DEPLOYMENT_CONFIGURATION.items()
-    ):
+    if reported is not None and any(reported.get(key) != value for key, value in DEPLOYMENT_CONFIGURATION.items()):
         differences.append("deployment configuration (circuit breaker with rollback, 100/200%)")
     return differences
 
@@ -267,9 +257,7 @@ def ensure_autoscaling(
     scaling = aws.client("application-autoscaling")
     resource = f"service/{cluster}/{name}"
     target = {"ServiceNamespace": "ecs", "ResourceId": resource, "ScalableDimension": SCALABLE_DIMENSION}
-    targets = scaling.describe_scalable_targets(ServiceNamespace="ecs", ResourceIds=[resource])[
-        "ScalableTargets"
-    ]
+    targets = scaling.describe_scalable_targets(ServiceNamespace="ecs", ResourceIds=[resource])["ScalableTargets"]
     if not any(t["MinCapacity"] == min_tasks and t["MaxCapacity"] == max_tasks for t in targets):
         aws.change(
             f"scale {name} between {min_tasks} and {max_tasks} tasks",

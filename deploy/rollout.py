@@ -106,9 +106,7 @@ def endpoint(
     if not interfaces:
         return None
     found = ec2.describe_network_interfaces(NetworkInterfaceIds=interfaces)["NetworkInterfaces"]
-    addresses = sorted(
-        i["Association"]["PublicIp"] for i in found if i.get("Association", {}).get("PublicIp")
-    )
+    addresses = sorted(i["Association"]["PublicIp"] for i in found if i.get("Association", {}).get("PublicIp"))
     return f"http://{addresses[0]}:{port}" if addresses else None
 
 

@@ -34,9 +34,7 @@ def aws_errors_as_user_errors():
         message = error.response.get("Error", {}).get("Message", "")
         raise UserError(f"AWS refused {operation} ({error_code(error)}: {message})") from None
     except botocore.exceptions.NoCredentialsError:
-        raise UserError(
-            "no AWS credentials: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
-        ) from None
+        raise UserError("no AWS credentials: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY") from None
 
 
 def names(name: str) -> dict[str, str]:
@@ -63,14 +61,10 @@ def deploy(
     image = json.loads(image_record.read_text())
     _check_environment(params.environment)
     if image.get("platform", "linux/amd64") not in ARCHITECTURES:
-        raise UserError(
-            f"{image_record}: platform {image['platform']} cannot run on Fargate: build linux/amd64"
-        )
+        raise UserError(f"{image_record}: platform {image['platform']} cannot run on Fargate: build linux/amd64")
     oci = ecr.read_layout(layout)
     if oci.digest != image["digest"]:
-        raise UserError(
-            f"{layout} holds {oci.digest}, not {image['digest']} of {image_record}: run `dvc repro image`"
-        )
+        raise UserError(f"{layout} holds {oci.digest}, not {image['digest']} of {image_record}: run `dvc repro image`")
     aws = Aws(params.region, apply=apply, session=session)
     named = names(params.name)
     with aws_errors_as_user_errors():
@@ -115,11 +109,7 @@ def deploy(
             params.cpu_target_percent,
         )
         if not apply:
-            aws.say(
-                f"{len(aws.changes)} change(s) planned"
-                if aws.changes
-                else "no changes: the deployment is current"
-            )
+            aws.say(f"{len(aws.changes)} change(s) planned" if aws.changes else "no changes: the deployment is current")
             return None
         deployment = rollout.wait_for_rollout(
             aws.client("ecs"), named["cluster"], named["service"], params.rollout_timeout_s, progress=aws.say
@@ -180,9 +170,7 @@ def destroy(params, out: Path | None, apply: bool = True, session: boto3.Session
 def _destroy_service(aws: Aws, named: dict) -> None:
     ecs_client, scaling = aws.client("ecs"), aws.client("application-autoscaling")
     resource = f"service/{named['cluster']}/{named['service']}"
-    policies = scaling.describe_scaling_policies(ServiceNamespace="ecs", ResourceId=resource)[
-        "ScalingPolicies"
-    ]
+    policies = scaling.describe_scaling_policies(ServiceNamespace="ecs", ResourceId=resource)["ScalingPolicies"]
     for policy in policies:
         aws.change(
             f"delete scaling policy {policy['PolicyName']}",
@@ -219,9 +207,7 @@ def _destroy_service(aws: Aws, named: dict) -> None:
                     f"deregister task definition {rollout.revision(arn)}",
                     lambda arn=arn: ecs_client.deregister_task_definition(taskDefinition=arn),
                 )
-    if any(
-        c["status"] == "ACTIVE" for c in ecs_client.describe_clusters(clusters=[named["cluster"]])["clusters"]
-    ):
+    if any(c["status"] == "ACTIVE" for c in ecs_client.describe_clusters(clusters=[named["cluster"]])["clusters"]):
         aws.change(
             f"delete ECS cluster {named['cluster']}",
             lambda: ecs_client.delete_cluster(cluster=named["cluster"]),
@@ -235,9 +221,7 @@ def _destroy_infrastructure(aws: Aws, named: dict, own_security_group: bool) -> 
         group_name = network.security_group_name(named["service"])
         group = network.find_security_group(aws, group_name, vpcs[0]["VpcId"]) if vpcs else None
         if group:
-            aws.change(
-                f"delete security group {group_name}", lambda: _delete_security_group(ec2, group["GroupId"])
-            )
+            aws.change(f"delete security group {group_name}", lambda: _delete_security_group(ec2, group["GroupId"]))
     groups = logs.describe_log_groups(logGroupNamePrefix=named["log_group"])["logGroups"]
     if any(group["logGroupName"] == named["log_group"] for group in groups):
         aws.change(
@@ -253,9 +237,7 @@ def _destroy_infrastructure(aws: Aws, named: dict, own_security_group: bool) -> 
         for policy in attached:
             aws.change(
                 f"detach {policy['PolicyName']} from IAM role {named['role']}",
-                lambda policy=policy: iam.detach_role_policy(
-                    RoleName=named["role"], PolicyArn=policy["PolicyArn"]
-                ),
+                lambda policy=policy: iam.detach_role_policy(RoleName=named["role"], PolicyArn=policy["PolicyArn"]),
             )
         aws.change(f"delete IAM role {named['role']}", lambda: iam.delete_role(RoleName=named["role"]))
     try:

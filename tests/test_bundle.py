@@ -116,8 +116,6 @@ def test_loading_needs_no_training_code(tmp_path):
         "or m in ('tweetbot.train', 'tweetbot.checkpoint', 'tweetbot.corpus')); "
         "assert not heavy, heavy; print(b.version)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe, str(path)], capture_output=True, text=True, check=False
-    )
+    result = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == bundle.load(path).version

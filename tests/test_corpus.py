@@ -262,9 +262,7 @@ def nasa_posts(corpora):
     lines = (corpora / "nasa_tweets.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     return [
-        make_post(
-            id=r["id"], created_at=r["created_at"], text=r["text"], source="file", reply=r["text"][0] == "@"
-        )
+        make_post(id=r["id"], created_at=r["created_at"], text=r["text"], source="file", reply=r["text"][0] == "@")
         for r in records
     ]
 

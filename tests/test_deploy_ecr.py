@@ -59,9 +59,7 @@ def test_read_layout_gives_the_manifest_and_its_blobs_config_first(tmp_path):
 
 def test_a_damaged_or_incomplete_layout_is_a_one_line_error_before_any_upload(tmp_path):
     record = write_image(tmp_path, [BASE, APP])
-    layer_path = (
-        tmp_path / "image" / "blobs" / "sha256" / record["layers"][1]["digest"].removeprefix("sha256:")
-    )
+    layer_path = tmp_path / "image" / "blobs" / "sha256" / record["layers"][1]["digest"].removeprefix("sha256:")
     layer_path.write_bytes(layer_path.read_bytes()[:-1])
     with pytest.raises(UserError, match="does not match its digest"):
         ecr.read_layout(tmp_path / "image")
@@ -116,9 +114,9 @@ def test_a_tag_taken_by_another_build_is_not_moved_the_image_goes_up_untagged(tm
     push(tmp_path / "first", [BASE, APP, BUNDLE_V1], "same-inputs", counting_session()[0], repository)
     session, calls = counting_session()
     image, _ = push(tmp_path / "second", [BASE, APP, BUNDLE_V2], "same-inputs", session, repository)
-    images = session.client("ecr").batch_get_image(
-        repositoryName=repository, imageIds=[{"imageDigest": image.digest}]
-    )["images"]
+    images = session.client("ecr").batch_get_image(repositoryName=repository, imageIds=[{"imageDigest": image.digest}])[
+        "images"
+    ]
     assert [found["imageId"]["imageDigest"] for found in images] == [image.digest]
     tagged, untagged = operations(calls, "PutImage")  # the tagged put is refused, the untagged one lands
     assert tagged["imageTag"] == "same-inputs" and "imageTag" not in untagged

@@ -18,9 +18,7 @@ ARN = "arn:aws:ecs:eu-west-1:123456789012:task-definition/tweetbot:{}"
 
 
 def client(service: str):
-    return boto3.client(
-        service, region_name="eu-west-1", aws_access_key_id="testing", aws_secret_access_key="testing"
-    )
+    return boto3.client(service, region_name="eu-west-1", aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
 def deployment(id_: str, revision: int, status: str, state: str, running: int, pending: int = 0, reason=None):
@@ -156,9 +154,7 @@ def test_a_rollout_that_does_not_finish_in_time_is_an_error_naming_the_timeout()
 def test_a_deleted_service_stops_the_wait():
     ecs = client("ecs")
     with Stubber(ecs) as stub:
-        stub.add_response(
-            "describe_services", {"services": [], "failures": [{"arn": "x", "reason": "MISSING"}]}
-        )
+        stub.add_response("describe_services", {"services": [], "failures": [{"arn": "x", "reason": "MISSING"}]})
         with pytest.raises(UserError, match="is gone from cluster"):
             wait(ecs, FakeClock())
 
@@ -196,11 +192,7 @@ def test_the_endpoint_is_the_running_tasks_public_ip_found_through_its_network_i
         )
         ec2_stub.add_response(
             "describe_network_interfaces",
-            {
-                "NetworkInterfaces": [
-                    {"NetworkInterfaceId": "eni-0abc", "Association": {"PublicIp": "203.0.113.7"}}
-                ]
-            },
+            {"NetworkInterfaces": [{"NetworkInterfaceId": "eni-0abc", "Association": {"PublicIp": "203.0.113.7"}}]},
             {"NetworkInterfaceIds": ["eni-0abc"]},
         )
         url = rollout.endpoint(ecs, ec2, elbv2, CLUSTER, SERVICE, ARN.format(5), 8080, None)
@@ -231,11 +223,7 @@ def test_with_a_target_group_the_endpoint_is_the_load_balancers_dns_name():
         )
         stub.add_response(
             "describe_load_balancers",
-            {
-                "LoadBalancers": [
-                    {"LoadBalancerArn": balancer, "DNSName": "tweetbot-1.eu-west-1.elb.amazonaws.com"}
-                ]
-            },
+            {"LoadBalancers": [{"LoadBalancerArn": balancer, "DNSName": "tweetbot-1.eu-west-1.elb.amazonaws.com"}]},
             {"LoadBalancerArns": [balancer]},
         )
         stub.add_response(

@@ -42,9 +42,7 @@ def settings(moto_url):
 
 def deploy(tmp_path, settings, apply=True):
     session, calls = counting_session()
-    record = run.deploy(
-        settings, tmp_path / "image", tmp_path / "image.json", tmp_path / "deploy.json", apply, session
-    )
+    record = run.deploy(settings, tmp_path / "image", tmp_path / "image.json", tmp_path / "deploy.json", apply, session)
     return record, calls, session
 
 
@@ -75,9 +73,7 @@ def test_a_first_deploy_creates_everything_with_the_expected_settings(tmp_path, 
 
     iam = session.client("iam")
     role = iam.get_role(RoleName=f"{name}-task-execution")["Role"]
-    assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
-        "Service": "ecs-tasks.amazonaws.com"
-    }
+    assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
     attached = iam.list_attached_role_policies(RoleName=role["RoleName"])["AttachedPolicies"]
     assert [policy["PolicyName"] for policy in attached] == ["AmazonECSTaskExecutionRolePolicy"]
 
@@ -118,18 +114,12 @@ def test_a_first_deploy_creates_everything_with_the_expected_settings(tmp_path, 
 
     scaling = session.client("application-autoscaling")
     resource = f"service/{name}/{name}"
-    (target,) = scaling.describe_scalable_targets(ServiceNamespace="ecs", ResourceIds=[resource])[
-        "ScalableTargets"
-    ]
+    (target,) = scaling.describe_scalable_targets(ServiceNamespace="ecs", ResourceIds=[resource])["ScalableTargets"]
     assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 4)
-    (policy,) = scaling.describe_scaling_policies(ServiceNamespace="ecs", ResourceId=resource)[
-        "ScalingPolicies"
-    ]
+    (policy,) = scaling.describe_scaling_policies(ServiceNamespace="ecs", ResourceId=resource)["ScalingPolicies"]
     tracking = policy["TargetTrackingScalingPolicyConfiguration"]
     assert tracking["TargetValue"] == 70.0
-    assert (
-        tracking["PredefinedMetricSpecification"]["PredefinedMetricType"] == "ECSServiceAverageCPUUtilization"
-    )
+    assert tracking["PredefinedMetricSpecification"]["PredefinedMetricType"] == "ECSServiceAverageCPUUtilization"
 
     assert json.loads((tmp_path / "deploy.json").read_text()) == record
     assert record["task_definition"] == definition["taskDefinitionArn"]
@@ -156,16 +146,13 @@ def test_a_new_image_registers_a_new_revision_and_updates_the_service(tmp_path, 
     assert second["task_definition"].endswith(f"{settings.name}:2")
     assert first["task_definition"].endswith(f"{settings.name}:1")
     assert sorted(mutating(calls)) == sorted(
-        ["ecr.InitiateLayerUpload", "ecr.UploadLayerPart", "ecr.CompleteLayerUpload"]
-        * 2  # config + model layer
+        ["ecr.InitiateLayerUpload", "ecr.UploadLayerPart", "ecr.CompleteLayerUpload"] * 2  # config + model layer
         + ["ecr.PutImage", "ecs.RegisterTaskDefinition", "ecs.UpdateService"]
     )
     (update,) = requests(calls, "UpdateService")
     assert update["taskDefinition"] == second["task_definition"]
     assert update["deploymentConfiguration"]["deploymentCircuitBreaker"] == {"enable": True, "rollback": True}
-    service = session.client("ecs").describe_services(cluster=settings.name, services=[settings.name])[
-        "services"
-    ][0]
+    service = session.client("ecs").describe_services(cluster=settings.name, services=[settings.name])["services"][0]
     assert service["taskDefinition"] == second["task_definition"]
     assert second["image"].endswith(image["digest"]) and second["model_version"] == "model-2"
 
@@ -174,9 +161,7 @@ def test_a_plan_lists_exactly_what_a_deploy_then_changes_and_changes_nothing(tmp
     write_image(tmp_path, [BASE, APP, MODEL_V1])
     record, calls, session = deploy(tmp_path, settings, apply=False)
     assert record is None and mutating(calls) == []
-    planned = [
-        line.removeprefix("would ") for line in capsys.readouterr().err.splitlines() if "would " in line
-    ]
+    planned = [line.removeprefix("would ") for line in capsys.readouterr().err.splitlines() if "would " in line]
     repositories = session.client("ecr").describe_repositories()["repositories"]
     assert settings.name not in {repository["repositoryName"] for repository in repositories}
     assert not (tmp_path / "deploy.json").exists()
@@ -191,9 +176,7 @@ def test_a_plan_lists_exactly_what_a_deploy_then_changes_and_changes_nothing(tmp
     lines = capsys.readouterr().err.splitlines()
     assert lines[-1] == "2 change(s) planned"
     assert lines[0] == f"would register a new revision of task definition {settings.name}"
-    assert lines[1].startswith(
-        f"would update ECS service {settings.name}: task definition {settings.name}:1 ->"
-    )
+    assert lines[1].startswith(f"would update ECS service {settings.name}: task definition {settings.name}:1 ->")
 
 
 def test_destroy_removes_everything_deploy_made_and_then_finds_nothing(tmp_path, settings):
@@ -204,14 +187,12 @@ def test_destroy_removes_everything_deploy_made_and_then_finds_nothing(tmp_path,
     assert len(removed) == 10
     assert not (tmp_path / "deploy.json").exists()
     name = settings.name
-    assert session.client("ecs").describe_services(cluster=name, services=[name])["services"][0][
-        "status"
-    ] == ("INACTIVE")
+    assert session.client("ecs").describe_services(cluster=name, services=[name])["services"][0]["status"] == (
+        "INACTIVE"
+    )
     repositories = session.client("ecr").describe_repositories()["repositories"]
     assert name not in {repository["repositoryName"] for repository in repositories}
-    assert not session.client("ecs").list_task_definitions(familyPrefix=name, status="ACTIVE")[
-        "taskDefinitionArns"
-    ]
+    assert not session.client("ecs").list_task_definitions(familyPrefix=name, status="ACTIVE")["taskDefinitionArns"]
     session, calls = counting_session()
     assert run.destroy(settings, tmp_path / "deploy.json", session=session) == []
     assert mutating(calls) == []

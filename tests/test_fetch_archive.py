@@ -90,9 +90,7 @@ def test_single_file_in_the_real_shape(tmp_path):
     assert [row["id"] for row in rows] == sorted((row["id"] for row in rows), key=int, reverse=True)
     by_text = {row["text"]: row for row in rows}
     assert by_text["RT @NASA_Johnson: shared 5"]["is_retweet"] is True
-    assert (
-        by_text["post 4 &amp; more"]["is_reply"] is True
-    )  # in_reply_to_status_id_str; entities stay escaped
+    assert by_text["post 4 &amp; more"]["is_reply"] is True  # in_reply_to_status_id_str; entities stay escaped
     assert by_text["post 1 &amp; more"] == {
         "id": str(1013558869728071685 - 10**9),
         "created_at": "2018-07-01T21:06:07Z",
@@ -119,9 +117,7 @@ def test_the_zip_itself(tmp_path):
     fetch.run(FetchParams(source="archive", path=str(archive), include_retweets=False), out)
 
     posts = [json.loads(line) for line in out.read_text().splitlines()]
-    expected = [
-        post["tweet"] for post in sample_posts(0, 9) if not post["tweet"]["full_text"].startswith("RT @")
-    ]
+    expected = [post["tweet"] for post in sample_posts(0, 9) if not post["tweet"]["full_text"].startswith("RT @")]
     assert sorted(post["id"] for post in posts) == sorted(tweet["id_str"] for tweet in expected)
 
 

@@ -63,9 +63,7 @@ def test_jsonl_with_string_and_number_ids_both_time_formats_and_extra_keys(tmp_p
 
 def test_a_fetched_output_reads_back_as_a_file_with_its_flags(tmp_path):
     source = tmp_path / "mine.jsonl"
-    source.write_text(
-        '{"id": "9", "created_at": "2018-07-01T23:04:00Z", "text": "@x hello", "is_reply": false}\n'
-    )
+    source.write_text('{"id": "9", "created_at": "2018-07-01T23:04:00Z", "text": "@x hello", "is_reply": false}\n')
     first = tmp_path / "first.jsonl"
     fetch.run(FetchParams(source="file", path=str(source)), first)
     again = tmp_path / "again.jsonl"
@@ -200,9 +198,7 @@ def test_demo_reads_the_data_in_the_repository(monkeypatch, tmp_path):
 
 def run_cli(cwd: Path) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if not key.endswith("BEARER_TOKEN")}
-    return subprocess.run(
-        [str(TWEETBOT), "fetch"], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
-    )
+    return subprocess.run([str(TWEETBOT), "fetch"], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_cli_fetches_the_demo_with_no_credentials(tmp_path):

@@ -57,9 +57,7 @@ class Bundle:
 
 def model_config(model: CharRNN) -> dict[str, Any]:
     """The constructor arguments of `model`, enough to build it again."""
-    return {
-        f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in ("parent", "name")
-    }
+    return {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in ("parent", "name")}
 
 
 def write(
@@ -123,21 +121,15 @@ def load(path: Path = DEFAULT_DIR) -> Bundle:
     except BundleError:
         raise
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise BundleError(
-            f"bundle {path} is unreadable ({type(error).__name__}: {error}): {fix} again"
-        ) from None
+        raise BundleError(f"bundle {path} is unreadable ({type(error).__name__}: {error}): {fix} again") from None
     _check_shapes(path, model, variables, vocab)
-    return Bundle(
-        model=model, variables=jax.tree_util.tree_map(jnp.asarray, variables), vocab=vocab, manifest=manifest
-    )
+    return Bundle(model=model, variables=jax.tree_util.tree_map(jnp.asarray, variables), vocab=vocab, manifest=manifest)
 
 
 def _check_shapes(path: Path, model: CharRNN, variables: dict, vocab: Vocab) -> None:
     """The weights must have exactly the structure and shapes the manifest's model config builds."""
     if model.vocab_size != len(vocab):
-        raise BundleError(
-            f"bundle {path}: model vocab_size {model.vocab_size} != vocabulary size {len(vocab)}"
-        )
+        raise BundleError(f"bundle {path}: model vocab_size {model.vocab_size} != vocabulary size {len(vocab)}")
     tokens = jnp.zeros((1, 1), jnp.int32)
     expected = jax.eval_shape(model.init, jax.random.key(0), tokens, model.initial_carry(1))
     shapes = jax.tree_util.tree_map(lambda x: tuple(x.shape), expected)

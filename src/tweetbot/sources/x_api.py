@@ -140,9 +140,7 @@ def _ask(request: Callable[[], T], say: Callable[[str], None]) -> T:
             raise UserError(f"the X API failed ({status} {_api_message(error)}): try again later") from None
         except tweepy.HTTPException as error:
             status = error.response.status_code
-            raise UserError(
-                f"the X API answered {status} ({_api_message(error)}): check fetch.handle"
-            ) from None
+            raise UserError(f"the X API answered {status} ({_api_message(error)}): check fetch.handle") from None
         except requests.RequestException as error:
             raise UserError(
                 f"could not reach the X API ({type(error).__name__}): check the network connection"
