@@ -14,8 +14,6 @@ needed to rebuild the model without params.yaml: `model` (the CharRNN fields), `
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import jax
 import numpy as np
 from flax import serialization
 
+from tweetbot import atomic
 from tweetbot.errors import UserError
 from tweetbot.model import CharRNN
 
@@ -38,19 +37,7 @@ def save(path: Path, meta: dict, params, opt_state=None, carry=None) -> None:
         record["opt_state"] = _to_numpy(serialization.to_state_dict(opt_state))
     if carry is not None:
         record["carry"] = _to_numpy(serialization.to_state_dict(carry))
-    data = serialization.msgpack_serialize(record)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_bytes(Path(path), serialization.msgpack_serialize(record))
 
 
 def read(path: Path) -> dict:

@@ -30,9 +30,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from tweetbot import atomic
 from tweetbot.errors import UserError
 from tweetbot.params import FetchParams
-from tweetbot.posts import Post, merge_posts, newest_first, read_posts, write_posts, write_text_atomically
+from tweetbot.posts import Post, merge_posts, newest_first, read_posts, write_posts
 from tweetbot.sources import archive, demo, files, x_api
 from tweetbot.sources.x_api import API_CAP
 
@@ -164,7 +165,7 @@ def _read_state(out: Path) -> dict:
 
 
 def _write_state(out: Path, state: dict) -> None:
-    write_text_atomically(state_path(out), json.dumps(state, indent=2) + "\n")
+    atomic.write_text(state_path(out), json.dumps(state, indent=2) + "\n")
 
 
 def _origin(state: dict) -> str:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tweetbot import atomic
 from tweetbot.errors import UserError
-from tweetbot.posts import write_text_atomically
 
 HISTORY = Path("models/history.jsonl")
 LIVE_EVENTS = ("promoted", "rollback")
@@ -28,7 +28,7 @@ def read(path: Path = HISTORY) -> list[dict]:
 def append(row: dict, path: Path = HISTORY) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     old = path.read_text(encoding="utf-8") if path.exists() else ""
-    write_text_atomically(path, old + json.dumps(row, sort_keys=True) + "\n")
+    atomic.write_text(path, old + json.dumps(row, sort_keys=True) + "\n")
 
 
 def live(rows: list[dict]) -> dict | None:

@@ -13,13 +13,12 @@ still escaped); cleaning is preprocess's job.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tweetbot import atomic
 from tweetbot.errors import UserError
 
 CLASSIC_TIME_FORMAT = "%a %b %d %H:%M:%S %z %Y"  # v1.1 API and archives: Wed Oct 10 20:19:24 +0000 2018
@@ -148,19 +147,4 @@ def write_posts(path: Path, posts: Iterable[Post]) -> None:
     old file or the new one, never half of one.
     """
     lines = "".join(json.dumps(asdict(post), ensure_ascii=False) + "\n" for post in newest_first(posts))
-    write_text_atomically(Path(path), lines)
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write `text` to a temporary file in the same folder, flush it to disk, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic.write_text(Path(path), lines)

@@ -46,10 +46,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from tweetbot import corpus, history, params
+from tweetbot import atomic, corpus, history, params
 from tweetbot.errors import UserError
 from tweetbot.params import UpdateParams
-from tweetbot.posts import read_posts, write_text_atomically
+from tweetbot.posts import read_posts
 from tweetbot.vocab import SPECIALS, UNK, Vocab
 
 RAW = Path("data/raw/tweets.jsonl")
@@ -123,7 +123,7 @@ def save_live_record() -> dict:
         "files": {str(path): path.read_text() for path in _recorded_files()},
         "train": yaml.safe_load(LOCK.read_text())["stages"]["train"],
     }
-    write_text_atomically(LIVE_RECORD, json.dumps(record))
+    atomic.write_text(LIVE_RECORD, json.dumps(record))
     return record
 
 
@@ -133,10 +133,10 @@ def restore_live_record(record: dict) -> None:
         if str(path) not in record["files"]:
             path.unlink()
     for name, text in record["files"].items():
-        write_text_atomically(Path(name), text)
+        atomic.write_text(Path(name), text)
     lock = yaml.safe_load(LOCK.read_text())
     lock["stages"]["train"] = record["train"]
-    write_text_atomically(LOCK, yaml.safe_dump(lock, sort_keys=False))
+    atomic.write_text(LOCK, yaml.safe_dump(lock, sort_keys=False))
     dvc("checkout", "--force", "train", *([str(INIT_RECORD)] if INIT_RECORD.exists() else []))
     if not INIT_RECORD.exists():
         INIT.unlink(missing_ok=True)
