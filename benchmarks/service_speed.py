@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+from tests.live_service import free_port, is_ready
 
 CLIENTS = 32
 ROUNDS = 3
@@ -55,20 +56,6 @@ def make_bundle(folder: Path) -> Path:
     return folder
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 class Server:
     """uvicorn serving a bundle; `started_s` is process start to /readyz 200."""
 
@@ -86,7 +73,7 @@ class Server:
         started = time.perf_counter()
         with open(log, "w") as log_file:
             self.process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-        while not ready(self.url):
+        while not is_ready(self.url):
             if self.process.poll() is not None or time.perf_counter() - started > READY_TIMEOUT_S:
                 self.stop()
                 raise RuntimeError(f"the service did not become ready: see {log}")

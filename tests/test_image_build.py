@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tarfile
 import tempfile
@@ -31,6 +30,7 @@ import yaml
 
 from deploy import builders, image
 from tests.conftest import REPO
+from tests.live_service import free_port
 from tests.pipeline import dvc, make_project, run, stages_run
 
 pytestmark = pytest.mark.slow
@@ -301,12 +301,6 @@ def wait_ready(engine: Engine, container: str, port: int, timeout_s: float = 300
             raise AssertionError(f"the container stopped:\n{engine('logs', container).stderr[-3000:]}")
         time.sleep(0.5)
     raise AssertionError(f"not ready within {timeout_s} s:\n{engine('logs', container).stderr[-3000:]}")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def blob_path(layout: Path, digest: str) -> Path:
