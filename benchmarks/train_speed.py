@@ -131,12 +131,8 @@ def main() -> dict:
         params = TrainParams(rnn_size=rnn_size, num_layers=num_layers)
         tweetbot = train.build_model(params, VOCAB)
         implementations[(rnn_size, num_layers, "tweetbot")] = jax_trainer(tweetbot)
-        implementations[(rnn_size, num_layers, "tweetbot bf16")] = jax_trainer(
-            tweetbot.clone(matmul_dtype="bfloat16")
-        )
-        implementations[(rnn_size, num_layers, "flax nn.RNN")] = jax_trainer(
-            FlaxLSTM(VOCAB, rnn_size, num_layers)
-        )
+        implementations[(rnn_size, num_layers, "tweetbot bf16")] = jax_trainer(tweetbot.clone(matmul_dtype="bfloat16"))
+        implementations[(rnn_size, num_layers, "flax nn.RNN")] = jax_trainer(FlaxLSTM(VOCAB, rnn_size, num_layers))
     torch = Torch() if TORCH_PYTHON.exists() else None
     if torch:
         for rnn_size, num_layers in SIZES:
@@ -159,9 +155,7 @@ def main() -> dict:
     peak = max(peaks)
     rows = []
     for rnn_size, num_layers in SIZES:
-        medians = {
-            key[2]: statistics.median(v) for key, v in figures.items() if key[:2] == (rnn_size, num_layers)
-        }
+        medians = {key[2]: statistics.median(v) for key, v in figures.items() if key[:2] == (rnn_size, num_layers)}
         reference = max((v for k, v in medians.items() if k.startswith("torch")), default=None)
         for name, chars_per_second in medians.items():
             gflops = chars_per_second * flops_per_char(rnn_size, num_layers) / 1e9
@@ -173,11 +167,7 @@ def main() -> dict:
                 "GFLOP/s": round(gflops, 1),
                 "% of numpy peak": round(100 * gflops / peak, 1),
             })  # fmt: skip
-    notes.append(
-        f"numpy float32 matmul peak in this run: {peak:.0f} GFLOP/s (best of {len(peaks)} measurements)"
-    )
-    notes.append(
-        f"median of {ROUNDS} interleaved rounds of {SECONDS:.0f} s; batch {BATCH}, seq {SEQ}, vocab {VOCAB}"
-    )
+    notes.append(f"numpy float32 matmul peak in this run: {peak:.0f} GFLOP/s (best of {len(peaks)} measurements)")
+    notes.append(f"median of {ROUNDS} interleaved rounds of {SECONDS:.0f} s; batch {BATCH}, seq {SEQ}, vocab {VOCAB}")
     notes.append(f"goal: tweetbot >= {GOAL}x PyTorch at both sizes")
     return {"title": "Training throughput (chars/s)", "rows": rows, "notes": notes}
