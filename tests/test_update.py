@@ -58,6 +58,9 @@ TINY = {
 }
 
 
+UP_TO_DATE = "Data and pipelines are up to date."
+
+
 def demo_timeline() -> list[dict]:
     """The demo account's posts as the X API's timeline returns them, newest first."""
     posts = [json.loads(line) for line in (REPO / "data/demo/nasa_tweets.jsonl").read_text().splitlines()]
@@ -166,6 +169,8 @@ def test_the_first_update_deploys_version_1_then_too_few_new_posts_change_nothin
         assert (project / "dvc.lock").read_text() == lock
         assert (project / "params.yaml").read_text() == params_text
         assert history.read() == [first] and live_task_definition() == first["task_definition"]
+        # the posts fetched are put back to those dvc.lock names: a `make deploy` now finds nothing to do
+        assert dvc(project, "status").stdout.strip() == UP_TO_DATE
 
 
 @pytest.mark.slow  # three trainings, two deployments and a clone's retraining: over a minute
@@ -215,15 +220,29 @@ def test_update_promotes_only_a_better_model_and_rolls_back(project, tmp_path, m
         assert train_out_md5(project) == md5(project / updating.BEST) == second["checkpoint_md5"]
         assert yaml.safe_load((project / "dvc.lock").read_text())["stages"]["export"] == export_entry
         assert {name: (project / name).read_text() for name in before} == before
-        status = json.loads(dvc(project, "status", "--json").stdout)
-        assert not any("changed outs" in change for changes in status.values() for change in changes), status
+        set_params(project, train={"learning_rate": TINY["train"]["learning_rate"]})  # the user's edit undone
+        assert dvc(project, "status").stdout.strip() == UP_TO_DATE  # no `make deploy` can ship the rejected model
 
-    # (4) rollback to the first version, without retraining
-    updating.rollback(1, params.load("deploy"))
-    assert live_task_definition() == first["task_definition"]
+    # (4) rollback to the first version, without retraining: its data, model and image come back from the DVC
+    # cache, and the deploy stage runs them, so dvc.lock and build/deploy.json describe the live service again
+    capsys.readouterr()
+    rolled_back = updating.rollback(1)
+    assert "Running stage 'train'" not in capsys.readouterr().out
+    assert rolled_back["task_definition"] == live_task_definition() != second["task_definition"]
+    ecs = boto3.client("ecs")
+    (container,) = ecs.describe_task_definition(taskDefinition=live_task_definition())["taskDefinition"][
+        "containerDefinitions"
+    ]
+    assert container["image"] == first["image"]
+    assert json.loads((project / "build/deploy.json").read_text())["task_definition"] == live_task_definition()
+    assert train_out_md5(project) == md5(project / updating.BEST) == first["checkpoint_md5"]
+    assert json.loads((project / updating.EXPORT_MANIFEST).read_text())["version"] == first["bundle"]
+    assert params.load("train").init_from is None and not (project / updating.INIT).exists()
+    assert dvc(project, "status").stdout.strip() == UP_TO_DATE
     assert history.live(history.read())["version"] == 1
+    assert updating.rollback(1) is None  # already live: nothing to do
     with pytest.raises(UserError, match="no version 7"):
-        updating.rollback(7, params.load("deploy"))
+        updating.rollback(7)
 
     capsys.readouterr()
     table = history.table(history.read())

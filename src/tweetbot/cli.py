@@ -187,11 +187,10 @@ def history() -> None:
 
 @app.command()
 def rollback(version: int = typer.Argument(..., help="the version to make live again (`tweetbot history`)")) -> None:
-    """Make an earlier version live again, from its image in ECR: no retraining."""
-    from tweetbot import params
+    """Make an earlier version live again: its data, model and image from the DVC cache, no retraining."""
     from tweetbot import update as updating
 
-    updating.rollback(version, params.load("deploy"))
+    updating.rollback(version)
 
 
 def main() -> None:

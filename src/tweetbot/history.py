@@ -2,8 +2,8 @@
 
 Each line is an event: `promoted` (a new version went live), `not_promoted` (a fine-tune that did not beat the
 live model: recorded, never deployed) or `rollback` (an earlier version went live again). A promoted line holds
-what it takes to redeploy or fine-tune from that version without retraining: the bundle version, the image tag,
-the task definition, and the DVC cache hashes of the checkpoint and vocabulary. The file is rewritten
+the bundle version, the image tag, the task definition, and the DVC cache hashes of the checkpoint and
+vocabulary (what a fine-tune starts from); models/versions/N.json holds what a rollback puts back. The file is rewritten
 atomically on every append, so a kill leaves either the old file or the new one.
 """
 

@@ -1,10 +1,12 @@
 """`tweetbot update`: new posts in, a better bot out, or nothing changes. `tweetbot rollback`: an earlier one.
 
-An update drives the pipeline's own DVC stages; nothing is special-cased:
+An update drives the pipeline's own DVC stages; nothing is special-cased. Throughout, dvc.lock and the files
+beside it (tweetbot.record) describe the live version, so a `make deploy` after any update finds nothing to do:
 
-1. fetch runs in this process (the same `fetch.run` as the stage: incremental, `since_id`) and, only if at
-   least `update.min_new_posts` posts are newer than the last update saw, is recorded with `dvc commit fetch`.
-   Fewer: "nothing to do", and neither dvc.lock nor the history changes.
+1. The pipeline's record is saved first (models/update/before.json, not in git). fetch runs in this process
+   (the same `fetch.run` as the stage: incremental, `since_id`). Fewer than `update.min_new_posts` posts newer
+   than the last update saw: "nothing to do", the fetched posts are put back to those dvc.lock names (a later
+   update fetches them again), and neither dvc.lock nor the history changes. Otherwise `dvc commit fetch`.
 2. The first update (no history yet) runs `dvc repro deploy` as params.yaml stands and records version 1.
 3. Later ones fine-tune: `dvc repro preprocess`, then params.yaml `train.init_from` is set to the live model
    (remapped to the new vocabulary, below; `dvc add`ed, so a clone's `dvc pull` has it and `dvc repro train`
@@ -12,13 +14,14 @@ An update drives the pipeline's own DVC stages; nothing is special-cased:
    checkpoint and the live one are scored on the OLD validation posts (the split is by post id, so they are
    validation posts for both). Only a model better by `update.min_improvement` nats/char goes on:
    `dvc repro deploy` (export, image, deploy) and a `promoted` line in the history.
-4. Otherwise a `not_promoted` line, the service keeps its task definition, and the pipeline's record of the
-   model goes back to the live one: params.yaml, the init checkpoint, the train entry of dvc.lock and its
-   outputs, as they were before the fine-tune (saved in models/update/ first). The new posts and their
-   preprocessing stay. So no later `make deploy` can ship the rejected model: the export entry and the bundle
-   were never touched, and the train entry again names the live checkpoint. (Such a `make deploy` would see
-   train out of date with the new posts and train again as params.yaml says, without this gate: keep the bot
-   fresh with `tweetbot update` only.)
+4. Otherwise a `not_promoted` line, the service keeps its task definition, and the saved record is put back
+   with the data and models it names (`dvc checkout`): the rejected model, and the posts it was tuned on, are
+   nowhere a `make deploy` could find them. The next update fetches those posts again and counts them as
+   seen: it runs once `update.min_new_posts` more have arrived.
+
+Each promoted version's record is kept in models/versions/N.json (in git). `tweetbot rollback N` puts back
+version N's record for every stage but deploy (data, model, bundle and image come from the DVC cache or remote:
+no retraining) and runs the deploy stage, so dvc.lock and build/deploy.json describe the live service again.
 
 The vocabulary is rebuilt by preprocess from the new data: it may gain characters and its order (by frequency)
 may change. The live checkpoint is remapped by character: each known character keeps its embedding row and
@@ -27,29 +30,29 @@ fine-tuning teaches it apart. So the embedding and the head grow; nothing the li
 
 Killed half-way, a re-run redoes what is missing: the posts are on disk, DVC skips stages that finished, a
 killed training resumes from its last checkpoint, deploying is idempotent, and the history line is written
-last, so the new posts still count as new until it is. The live model's record saved before the fine-tune is
-kept until then too, so a rejection after a re-run still puts back the live model, not the killed run's.
+last, so the new posts still count as new until it is. The record saved before the killed run is kept until
+then too (unless the history changed meanwhile, by a rollback say), so a rejection after a re-run still puts
+back the live version, not the killed run's.
 
 The live model's checkpoint and vocabulary come from the DVC cache by the hashes its history line records
-(the remote's copy needs `dvc pull` of the commit that recorded it), so they are never retrained.
+(dvc.lock names them, so `dvc pull` brings them), so they are never retrained.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from tweetbot import atomic, corpus, history, params
+from tweetbot import atomic, corpus, history, params, record
 from tweetbot.errors import UserError
 from tweetbot.params import UpdateParams
 from tweetbot.posts import read_posts
+from tweetbot.record import dvc
 from tweetbot.vocab import SPECIALS, UNK, Vocab
 
 RAW = Path("data/raw/tweets.jsonl")
@@ -59,11 +62,9 @@ VOCAB = PROCESSED / "vocab.json"
 EXPORT_MANIFEST = Path("models/export/manifest.json")
 IMAGE_RECORD = Path("build/image.json")
 DEPLOY_RECORD = Path("build/deploy.json")
-LOCK = Path("dvc.lock")
-DVCLIVE = Path("dvclive")  # the train stage's metrics and curves (in git, not in the DVC cache)
 INIT = Path("models/init.msgpack")  # the fine-tune's start, `dvc add`ed: params.yaml names it after a fine-tune
-INIT_RECORD = INIT.with_name(INIT.name + ".dvc")
-LIVE_RECORD = Path("models/update/live.json")  # not in git: what a rejection puts back, until the update ends
+VERSIONS = Path("models/versions")  # N.json: version N's record (tweetbot.record), what a rollback puts back
+BEFORE = Path("models/update/before.json")  # not in git: the record before this update, until it ends
 
 
 def update(p: UpdateParams, say=print) -> str:
@@ -71,11 +72,14 @@ def update(p: UpdateParams, say=print) -> str:
     from tweetbot import fetch
 
     rows = history.read()
+    before = record_before_update()
     fetch.run(params.load("fetch"), RAW)
     posts = read_posts(RAW)
     seen = int(rows[-1]["newest_post_id"]) if rows else -1
     new_posts = sum(int(post.id) > seen for post in posts)
     if rows and new_posts < p.min_new_posts:
+        record.restore(before)
+        BEFORE.unlink()
         say(f"nothing to do: {new_posts} new post(s), update.min_new_posts is {p.min_new_posts}")
         return "nothing"
     dvc("commit", "--force", "fetch")
@@ -92,7 +96,6 @@ def update(p: UpdateParams, say=print) -> str:
         _from_cache(live["checkpoint_md5"]),
         Vocab.from_json(json.loads(_from_cache(live["vocab_md5"]).read_text())),
     )
-    live_record = save_live_record()
     remap_checkpoint(live_checkpoint, live_vocab, Vocab.load(VOCAB), INIT)
     dvc("add", str(INIT))
     set_train_params(init_from=str(INIT), max_steps=p.fine_tune_steps)
@@ -105,50 +108,32 @@ def update(p: UpdateParams, say=print) -> str:
     if row["val_loss"] < row["live_val_loss"] - p.min_improvement:
         dvc("repro", "deploy")
         return _promote(rows, row)
-    restore_live_record(live_record)
+    record.restore(before)
     history.append({**row, "event": "not_promoted", "version": None, "from_version": live["version"]})
-    LIVE_RECORD.unlink()
+    BEFORE.unlink()
     say(f"not promoted: version {live['version']} stays live, and dvc.lock names it again")
     return "not_promoted"
 
 
-def save_live_record() -> dict:
-    """Save what a rejected fine-tune changes: params.yaml, the init record, dvclive/, dvc.lock's train entry.
+def record_before_update() -> record.Snapshot:
+    """The pipeline's record as this update found it: what a rejection, or "nothing to do", puts back.
 
-    Saved once per update: after a kill, the re-run finds the live model's record, not the killed run's.
+    Saved once per update and kept until it ends, so the re-run of a killed update puts back the record from
+    before it, not the killed run's. It holds only while the history is unchanged: after a rollback or another
+    update in between, the workspace is another version's, and the record is taken afresh.
     """
-    if LIVE_RECORD.exists():
-        return json.loads(LIVE_RECORD.read_text())
-    record = {
-        "files": {str(path): path.read_text() for path in _recorded_files()},
-        "train": yaml.safe_load(LOCK.read_text())["stages"]["train"],
-    }
-    atomic.write_text(LIVE_RECORD, json.dumps(record))
-    return record
-
-
-def restore_live_record(record: dict) -> None:
-    """Put params.yaml, the init checkpoint, dvc.lock's train entry and its outputs back as `record` has them."""
-    for path in _recorded_files():
-        if str(path) not in record["files"]:
-            path.unlink()
-    for name, text in record["files"].items():
-        atomic.write_text(Path(name), text)
-    lock = yaml.safe_load(LOCK.read_text())
-    lock["stages"]["train"] = record["train"]
-    atomic.write_text(LOCK, yaml.safe_dump(lock, sort_keys=False))
-    dvc("checkout", "--force", "train", *([str(INIT_RECORD)] if INIT_RECORD.exists() else []))
-    if not INIT_RECORD.exists():
-        INIT.unlink(missing_ok=True)
-
-
-def _recorded_files() -> list[Path]:
-    candidates = [params.PARAMS_FILE, INIT_RECORD, *DVCLIVE.rglob("*")]
-    return sorted(path for path in candidates if path.is_file())
+    stamp = hashlib.sha256(history.HISTORY.read_bytes() if history.HISTORY.exists() else b"").hexdigest()
+    if BEFORE.exists():
+        saved = json.loads(BEFORE.read_text())
+        if saved["history"] == stamp:
+            return saved["record"]
+    snapshot = record.snapshot()
+    atomic.write_text(BEFORE, json.dumps({"history": stamp, "record": snapshot}))
+    return snapshot
 
 
 def _promote(rows: list[dict], row: dict) -> str:
-    lock = yaml.safe_load(LOCK.read_text())["stages"]
+    lock = yaml.safe_load(record.LOCK.read_text())["stages"]
     deployed = json.loads(DEPLOY_RECORD.read_text())
     row |= {
         "event": "promoted",
@@ -162,29 +147,41 @@ def _promote(rows: list[dict], row: dict) -> str:
     }
     if "val_loss" not in row:
         row["val_loss"] = json.loads(Path("dvclive/metrics.json").read_text())["val_loss"]
+    atomic.write_text(_version_file(row["version"]), json.dumps(record.snapshot(), indent=1, sort_keys=True))
     history.append(row)
-    LIVE_RECORD.unlink(missing_ok=True)
+    BEFORE.unlink(missing_ok=True)
     print(f"promoted: version {row['version']} is live ({row['task_definition'].rsplit('/', 1)[-1]})")
     return "promoted"
 
 
-def rollback(number: int, deploy_params, say=print) -> dict:
-    """Point the service back at version `number`'s task definition (its image is in ECR) and wait."""
-    from deploy import rollout, run
-
+def rollback(number: int, say=print) -> dict | None:
+    """Make version `number` live again: its record back for every stage but deploy, then the deploy stage."""
     rows = history.read()
     target = history.version(rows, number)
-    session = run.Aws(deploy_params.region, apply=True)
-    named = run.names(deploy_params.name)
-    ecs = session.client("ecs")
-    with run.aws_errors_as_user_errors():
-        ecs.update_service(cluster=named["cluster"], service=named["service"], taskDefinition=target["task_definition"])
-        rollout.wait_for_rollout(ecs, named["cluster"], named["service"], deploy_params.rollout_timeout_s, say)
-    row = {key: target[key] for key in ("version", "bundle", "image_tag", "image", "task_definition")}
+    if history.live(rows)["version"] == number:
+        say(f"version {number} is already live")
+        return None
+    if not _version_file(number).exists():
+        raise UserError(f"{_version_file(number)} is missing: version {number}'s record is needed to roll back to it")
+    current = record.snapshot()
+    saved = json.loads(_version_file(number).read_text())
+    record.restore(record.keeping(saved, current, stages=("deploy",), sections=("deploy", "update")))
+    try:
+        dvc("repro", "--single-item", "deploy")
+    except UserError:
+        record.restore(current)  # the service still runs the current version: the circuit breaker rolls back
+        raise
+    deployed = json.loads(DEPLOY_RECORD.read_text())
+    row = {key: target[key] for key in ("version", "bundle", "image_tag")}
+    row |= {key: deployed[key] for key in ("image", "task_definition")}
     row |= {"event": "rollback", "time": _now(), "newest_post_id": rows[-1]["newest_post_id"], "new_posts": 0}
     history.append(row)
-    say(f"version {number} is live again ({rollout.revision(target['task_definition'])})")
+    say(f"version {number} is live again ({row['task_definition'].rsplit('/', 1)[-1]})")
     return row
+
+
+def _version_file(number: int) -> Path:
+    return VERSIONS / f"{number}.json"
 
 
 def remap_checkpoint(source: Path, old: Vocab, new: Vocab, out: Path) -> None:
@@ -255,21 +252,6 @@ def _from_cache(md5: str) -> Path:
     if not path.is_file():
         raise UserError(f"{md5} is not in the DVC cache {cache}: `dvc pull` the commit that recorded it")
     return path
-
-
-def dvc(*args: str) -> subprocess.CompletedProcess:
-    """Run DVC with the project's venv first on PATH (the stage commands call `python`)."""
-    import os
-
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
-    dvc_bin = shutil.which("dvc", path=bin_dir) or "dvc"
-    result = subprocess.run([dvc_bin, *args], env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["no output"]
-        print(result.stdout, result.stderr, sep="\n", file=sys.stderr)
-        raise UserError(f"`dvc {' '.join(args)}` failed: {detail[0]}")
-    return result
 
 
 def _now() -> str:
