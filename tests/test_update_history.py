@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
+from tests.pipeline import VENV_BIN
 from tweetbot import history
 from tweetbot.errors import UserError
 
@@ -37,3 +40,21 @@ def test_no_versions_and_an_unknown_version(tmp_path):
     assert history.read(tmp_path / "none.jsonl") == [] and history.live([]) is None
     with pytest.raises(UserError, match=r"no version 3 .*versions: 1"):
         history.version([promoted(1)], 3)
+
+
+def tweetbot(cwd, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "tweetbot"), *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_the_history_and_rollback_commands(tmp_path):
+    assert tweetbot(tmp_path, "history").stdout == "no versions yet: run `tweetbot update`\n"
+    history.append(promoted(1), tmp_path / history.HISTORY)
+    printed = tweetbot(tmp_path, "history").stdout.splitlines()
+    assert printed[0].split()[0] == "version" and printed[1].split()[:2] == ["1*", "promoted"]
+
+    unknown = tweetbot(tmp_path, "rollback", "3")
+    assert (unknown.returncode, unknown.stderr) == (
+        2,
+        f"error: no version 3 in {history.HISTORY} (versions: 1): see `tweetbot history`\n",
+    )
+    assert tweetbot(tmp_path, "rollback", "1").stdout == "version 1 is already live\n"
