@@ -128,3 +128,17 @@ def test_a_diverging_run_stops_with_one_clear_line(tmp_path, data):
     with pytest.raises(train.NonFiniteLoss, match="lower learning_rate") as error:
         run(tmp_path, data, learning_rate=float("inf"))  # too large a step, as far as it goes
     assert "\n" not in str(error.value)
+
+
+def test_a_time_budget_stops_training_and_the_bar_ends_where_it_stopped(tmp_path, data, capsys):
+    budget = run(tmp_path, data, max_steps=100_000, eval_every=25, time_budget_s=0.5)[0]
+    assert 0 < budget["step"] < 100_000
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert f"{budget['step']}/{budget['step']}" in bar  # not .../100000: the budget, not max_steps, ended it
+    last = checkpoint.read(tmp_path / "checkpoints" / "last.msgpack")["meta"]
+    assert last["train_seconds"] >= 0.5
+
+    longer = run(tmp_path, data, max_steps=100_000, eval_every=25, time_budget_s=1.0)[0]
+    assert "resuming from" in capsys.readouterr().out  # a stopping rule may change: the run goes on
+    assert budget["step"] < longer["step"] < 100_000
+    assert checkpoint.read(tmp_path / "checkpoints" / "last.msgpack")["meta"]["train_seconds"] >= 1.0

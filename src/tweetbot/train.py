@@ -176,6 +176,7 @@ def run(params: TrainParams, data_dir: Path, checkpoint_dir: Path, live_dir: Pat
             if best:
                 checkpoint.save(checkpoint_dir / checkpoint.BEST, meta, state.params)
             _log(live, meta)
+            bar.total = _expected_last_step(params, meta, lanes.chars_per_window)
             bar.set_postfix(
                 train_loss=f"{train_loss:.3f}",
                 val_loss=f"{val_loss:.3f}",
@@ -223,6 +224,15 @@ def _log(live, meta: dict) -> None:
     live.log_metric("steps", meta["step"], plot=False)
     live.log_metric("chars_per_second", round(meta["chars_per_second"]), plot=False)
     live.next_step()
+
+
+def _expected_last_step(params: TrainParams, meta: dict, chars_per_step: int) -> int:
+    """The step training will stop at: max_steps, or sooner if the time budget runs out first at this speed."""
+    if params.time_budget_s is None:
+        return params.max_steps
+    seconds_left = max(0.0, params.time_budget_s - meta["train_seconds"])
+    steps_per_second = meta["chars_per_second"] / chars_per_step
+    return min(params.max_steps, meta["step"] + int(seconds_left * steps_per_second))
 
 
 def _out_of_time(params: TrainParams, seconds: float) -> bool:
