@@ -159,11 +159,13 @@ def test_the_first_update_deploys_version_1_then_too_few_new_posts_change_nothin
         assert first["version"] == 1 and live_task_definition() == first["task_definition"]
         assert first["newest_post_id"] == timeline[400]["id"] and train_out_md5(project) == first["checkpoint_md5"]
 
-        # (1) fewer new posts than update.min_new_posts: nothing changes, not even dvc.lock
-        too_few = TINY["update"]["min_new_posts"] - 1
-        x.posts = timeline[400 - too_few :]
+        # (1) no new posts, then fewer than update.min_new_posts: nothing changes, not even dvc.lock
         lock, params_text = (project / "dvc.lock").read_text(), (project / "params.yaml").read_text()
         capsys.readouterr()
+        assert run_update(project) == "nothing"
+        assert capsys.readouterr().out.startswith("nothing to do: 0 new post(s)")
+        too_few = TINY["update"]["min_new_posts"] - 1
+        x.posts = timeline[400 - too_few :]
         assert run_update(project) == "nothing"
         assert capsys.readouterr().out.startswith(f"nothing to do: {too_few} new post(s)")
         assert (project / "dvc.lock").read_text() == lock
