@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 # Stage commands in dvc.yaml call `python`: the project venv must come first on PATH.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help install demo test test-slow lint bench bench-quality plots serve deploy update moto
+.PHONY: help install demo test test-slow lint bench bench-quality bench-lr plots serve deploy update moto
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ bench: install  ## benchmarks: results in benchmarks/results/ (PyTorch reference
 
 bench-quality: install  ## Tiny Shakespeare val loss after 180 s of training (about 4 minutes)
 	$(BIN)/python -m benchmarks.quality
+
+bench-lr: install  ## the demo default's val loss by learning rate and seed (about 10 minutes)
+	$(BIN)/python -m benchmarks.learning_rate
 
 plots: install  ## the training curves in dvc_plots/index.html, a page that draws with no network
 	plots/show.sh dvc_plots

@@ -50,7 +50,7 @@ class TrainParams:
     num_layers: int = 2
     seq_length: int = 64
     batch_size: int = 64
-    learning_rate: float = 0.002
+    learning_rate: float = 0.008
     lr_decay: float = 0.97  # multiplied into the learning rate every `lr_decay_steps` steps
     lr_decay_steps: int = 1000
     grad_clip: float = 5.0
