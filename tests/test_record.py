@@ -83,3 +83,17 @@ def test_the_record_before_an_update_is_kept_until_the_history_changes(project):
     fresh = updating.record_before_update()
     assert fresh != before and yaml.safe_load(fresh["params.yaml"])["preprocess"]["val_fraction"] == 0.3
     assert json.loads(updating.BEFORE.read_text())["record"] == fresh
+
+
+def test_data_missing_from_the_cache_comes_from_the_dvc_remote(project, tmp_path):
+    saved = record.snapshot()
+    val = (project / "data/processed/val.npy").read_bytes()
+    dvc(project, "remote", "add", "--default", "store", str(tmp_path / "remote"))
+    dvc(project, "push")
+    set_val_fraction(project, 0.3)
+    dvc(project, "repro", "preprocess")
+    dvc(project, "gc", "--workspace", "--force")  # the cache keeps only what the workspace now names
+
+    record.restore(saved)
+    assert (project / "data/processed/val.npy").read_bytes() == val
+    assert dvc(project, "status", "preprocess").stdout.strip() == "Data and pipelines are up to date."
