@@ -85,5 +85,16 @@ def test_main_deploys_with_oidc_credentials_and_caches_uv_and_dvc():
 
 def test_the_workflows_install_the_uv_the_makefile_pins():
     pinned = re.search(r"^UV_VERSION := (\S+)$", (REPO / "Makefile").read_text(), re.MULTILINE).group(1)
-    for name in ("test.yml", "deploy.yml"):
+    for name in ("test.yml", "deploy.yml", "update.yml"):
         assert uses(workflow(name), "astral-sh/setup-uv")["version"] == pinned
+
+
+def test_the_update_runs_daily_or_by_hand_and_can_roll_back():
+    document = workflow("update.yml")
+    assert document["on"]["schedule"][0]["cron"].split()[2:] == ["*", "*", "*"]  # every day
+    assert "rollback" in document["on"]["workflow_dispatch"]["inputs"]
+    assert document["concurrency"]["group"] == workflow("deploy.yml")["concurrency"]["group"]
+    update, record = (step for step in steps(document) if step.get("name", "").startswith(("Update", "Record")))
+    assert "make update" in update["run"] and 'tweetbot rollback "$ROLLBACK"' in update["run"]
+    assert update["env"]["ROLLBACK"] == "${{ inputs.rollback }}"  # never ${{ }} inside the script itself
+    assert "git add models" in record["run"] and "git push" in record["run"]
