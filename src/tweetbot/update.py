@@ -89,7 +89,7 @@ def update(p: UpdateParams, say=print) -> str:
     if live is None:
         say("no version yet: running the whole pipeline")
         dvc("repro", "deploy")
-        return _promote(rows, row)
+        return _promote(rows, row, say)
 
     dvc("repro", "preprocess")
     live_checkpoint, live_vocab = (
@@ -107,7 +107,7 @@ def update(p: UpdateParams, say=print) -> str:
     say(f"on {len(old_val)} old validation posts: new {row['val_loss']:.4f}, live {row['live_val_loss']:.4f} nats/char")
     if row["val_loss"] < row["live_val_loss"] - p.min_improvement:
         dvc("repro", "deploy")
-        return _promote(rows, row)
+        return _promote(rows, row, say)
     record.restore(before)
     history.append({**row, "event": "not_promoted", "version": None, "from_version": live["version"]})
     BEFORE.unlink()
@@ -132,7 +132,7 @@ def record_before_update() -> record.Snapshot:
     return snapshot
 
 
-def _promote(rows: list[dict], row: dict) -> str:
+def _promote(rows: list[dict], row: dict, say) -> str:
     lock = yaml.safe_load(record.LOCK.read_text())["stages"]
     deployed = json.loads(DEPLOY_RECORD.read_text())
     row |= {
@@ -150,7 +150,7 @@ def _promote(rows: list[dict], row: dict) -> str:
     atomic.write_text(_version_file(row["version"]), json.dumps(record.snapshot(), indent=1, sort_keys=True))
     history.append(row)
     BEFORE.unlink(missing_ok=True)
-    print(f"promoted: version {row['version']} is live ({row['task_definition'].rsplit('/', 1)[-1]})")
+    say(f"promoted: version {row['version']} is live ({row['task_definition'].rsplit('/', 1)[-1]})")
     return "promoted"
 
 
