@@ -4,7 +4,7 @@
     POST /generate   several samples with every sampling knob, plus the seeds and the model version
     GET  /stream     the same, one sample, as server-sent events while it is generated
     GET  /app        the web page          GET /schema   OpenAPI          GET /metrics   Prometheus
-    GET  /healthz    alive                 GET /readyz   200 once the model is loaded and compiled, 503 before
+    GET  /healthz    alive                 GET /readyz   200 once the model can answer, 503 before
 
 Every bound is checked before the model runs, and a bad value is a 400 whose `extra` names the field.
 """
@@ -182,7 +182,7 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@get("/readyz", summary="Ready: 200 once the model is loaded and compiled, 503 before")
+@get("/readyz", summary="Ready: 200 once the model is loaded and its first program compiled, 503 before")
 async def readyz(state: State) -> Response[Readiness]:
     bot: Bot = state.bot
     readiness = Readiness(ready=bot.ready, model_version=bot.version, detail=bot.problem)

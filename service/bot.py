@@ -1,9 +1,12 @@
 """The model behind the API: the bundle, its compiled sampler, the continuous batcher and the readiness flag.
 
 Start-up reads the bundle at once (a missing or corrupt bundle stops the service with one clear line), then
-compiles the sampler's chunk program for each batch bucket in a worker thread (compiled, not run); until that
-finishes `ready` is False and `/readyz` answers 503. Compiled programs go to JAX's persistent cache
-(`TWEETBOT_COMPILE_CACHE`), so a restart, or an image whose build warmed the cache, is ready in seconds.
+compiles the sampler's chunk program for each batch bucket in a worker thread (compiled, not run), smallest
+first. Until the first is compiled `ready` is False and `/readyz` answers 503; from then on a request is served
+at once, and the larger buckets, needed only when many requests arrive together, go on compiling in the
+background (a bucket needed before its turn is compiled by the batcher, once). Compiled programs go to JAX's
+persistent cache (`TWEETBOT_COMPILE_CACHE`), so a restart, or an image whose build warmed the cache, is ready
+in seconds.
 Texts leave here as people read them: link and mention tokens rendered (`tweetbot.vocab.render`).
 """
 
@@ -62,13 +65,17 @@ class Bot:
         try:
             for size in self._batch_sizes:  # one bucket at a time, so a shutdown never waits for them all
                 await asyncio.to_thread(self.sampler.warmup, (size,), one_shot=False)
+                if not self.ready:  # the smallest bucket serves any one request
+                    self.ready = True
+                    fields = {"model_version": self.version, "warmup_s": round(time.perf_counter() - started, 2)}
+                    log.info("ready", extra={"fields": fields})
         except Exception as error:  # stay alive and unready: /readyz says why, the orchestrator restarts us
+            self.ready = False
             self.problem = f"warm-up failed: {type(error).__name__}: {error}"
             log.exception("warm-up failed")
             return
-        self.ready = True
-        fields = {"model_version": self.version, "warmup_s": round(time.perf_counter() - started, 2)}
-        log.info("ready", extra={"fields": fields})
+        fields = {"batch_sizes": list(self._batch_sizes), "compile_s": round(time.perf_counter() - started, 2)}
+        log.info("all batch sizes compiled", extra={"fields": fields})
 
     def unknown_chars(self, text: str) -> list[str]:
         return self.vocab.unknown_chars(text)

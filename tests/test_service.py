@@ -442,6 +442,32 @@ def test_not_ready_until_the_sampler_is_compiled(bundle_dir, monkeypatch):
         assert client.get("/").status_code == 200
 
 
+def test_ready_once_the_smallest_batch_compiles_while_the_larger_ones_go_on(bundle_dir, monkeypatch):
+    gate, compiled = threading.Event(), []
+    warmup = Sampler.warmup
+
+    def larger_sizes_wait(self, batch_sizes, **kwargs):
+        if batch_sizes[0] > 1:
+            gate.wait(READY_TIMEOUT_S)
+        warmup(self, batch_sizes, **kwargs)
+        compiled.extend(batch_sizes)
+
+    monkeypatch.setattr(Sampler, "warmup", larger_sizes_wait)
+    with TestClient(create_app(settings_for(bundle_dir, max_batch=4))) as client:
+        wait_until_ready(client)
+        assert compiled == [1]
+        assert client.get("/").status_code == 200
+        several = client.post("/generate", json={"n": 3, "max_length": 20})  # batch size 4: not compiled yet
+        assert several.status_code == 200 and len(several.json()["samples"]) == 3
+        assert compiled == [1]
+        gate.set()
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while compiled != [1, 2, 4]:
+            assert time.monotonic() < deadline, f"the larger batch sizes never compiled: {compiled}"
+            time.sleep(0.05)
+        assert client.get("/readyz").status_code == 200
+
+
 def test_a_missing_bundle_stops_start_up_with_one_clear_error(tmp_path):
     with pytest.raises(BaseExceptionGroup) as failure, TestClient(create_app(settings_for(tmp_path))):
         pass
