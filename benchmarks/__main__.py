@@ -44,17 +44,21 @@ def machine() -> dict:
     }
 
 
+def save(name: str, result: dict) -> None:
+    """Write `result`, with the machine it ran on, to results/NAME.json and NAME.md, and print the table."""
+    result["machine"] = machine()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    table = markdown(result)
+    (RESULTS / f"{name}.md").write_text(table)
+    print(table, flush=True)
+
+
 def main(names: list[str]) -> None:
     names = names or sorted(path.stem.removesuffix("_speed") for path in HERE.glob("*_speed.py"))
-    RESULTS.mkdir(exist_ok=True)
     for name in names:
         print(f"running benchmarks/{name}_speed.py ...", flush=True)
-        result = importlib.import_module(f"benchmarks.{name}_speed").main()
-        result["machine"] = machine()
-        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-        table = markdown(result)
-        (RESULTS / f"{name}.md").write_text(table)
-        print(table, flush=True)
+        save(name, importlib.import_module(f"benchmarks.{name}_speed").main())
 
 
 if __name__ == "__main__":

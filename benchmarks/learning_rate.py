@@ -9,12 +9,11 @@ Results: benchmarks/results/learning_rate.{json,md}.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.__main__ import RESULTS, machine, markdown
+from benchmarks.__main__ import save
 from tweetbot import corpus, fetch, params, train
 
 RATES = (0.002, 0.004, 0.008, 0.012)
@@ -53,10 +52,4 @@ def main(rates: tuple[float, ...] = RATES) -> dict:
 
 
 if __name__ == "__main__":
-    result = main(tuple(map(float, sys.argv[1:])) or RATES)
-    result["machine"] = machine()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "learning_rate.json").write_text(json.dumps(result, indent=1) + "\n")
-    table = markdown(result)
-    (RESULTS / "learning_rate.md").write_text(table)
-    print(table)
+    save("learning_rate", main(tuple(map(float, sys.argv[1:])) or RATES))

@@ -8,14 +8,13 @@ CPU configuration reaches 1.88 in about 3 minutes). Results: benchmarks/results/
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.__main__ import RESULTS, machine, markdown
+from benchmarks.__main__ import save
 from tweetbot import train
 from tweetbot.params import TrainParams
 from tweetbot.vocab import Vocab
@@ -77,10 +76,4 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    result = main()
-    result["machine"] = machine()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "quality.json").write_text(json.dumps(result, indent=1) + "\n")
-    table = markdown(result)
-    (RESULTS / "quality.md").write_text(table)
-    print(table)
+    save("quality", main())
