@@ -13,6 +13,7 @@ import json
 import botocore.exceptions
 
 from deploy.aws import Aws, error_code
+from deploy.rollout import revision
 
 EXECUTION_POLICY = "policy/service-role/AmazonECSTaskExecutionRolePolicy"
 TRUST_POLICY = {
@@ -221,9 +222,7 @@ def service_differences(service: dict, task_definition_arn: str, network: dict, 
     """What of the service differs from what is asked. Once created, autoscaling owns the desired count."""
     differences = []
     if service["taskDefinition"] != task_definition_arn:
-        differences.append(
-            f"task definition {_revision(service['taskDefinition'])} -> {_revision(task_definition_arn)}"
-        )
+        differences.append(f"task definition {revision(service['taskDefinition'])} -> {revision(task_definition_arn)}")
     if _network(service.get("networkConfiguration")) != _network(network):
         differences.append("network configuration")
     if [lb.get("targetGroupArn") for lb in service.get("loadBalancers", [])] != [
@@ -235,10 +234,6 @@ def service_differences(service: dict, task_definition_arn: str, network: dict, 
     if reported is not None and any(reported.get(key) != value for key, value in DEPLOYMENT_CONFIGURATION.items()):
         differences.append("deployment configuration (circuit breaker with rollback, 100/200%)")
     return differences
-
-
-def _revision(arn: str) -> str:
-    return arn.rsplit("/", 1)[-1]
 
 
 def _network(configuration: dict | None) -> tuple:

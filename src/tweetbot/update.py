@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from deploy.rollout import revision
 from tweetbot import atomic, corpus, history, params, record
 from tweetbot.errors import UserError
 from tweetbot.params import UpdateParams
@@ -150,7 +151,7 @@ def _promote(rows: list[dict], row: dict, say) -> str:
     atomic.write_text(_version_file(row["version"]), json.dumps(record.snapshot(), indent=1, sort_keys=True))
     history.append(row)
     BEFORE.unlink(missing_ok=True)
-    say(f"promoted: version {row['version']} is live ({row['task_definition'].rsplit('/', 1)[-1]})")
+    say(f"promoted: version {row['version']} is live ({revision(row['task_definition'])})")
     return "promoted"
 
 
@@ -176,7 +177,7 @@ def rollback(number: int, say=print) -> dict | None:
     row |= {key: deployed[key] for key in ("image", "task_definition")}
     row |= {"event": "rollback", "time": _now(), "newest_post_id": rows[-1]["newest_post_id"], "new_posts": 0}
     history.append(row)
-    say(f"version {number} is live again ({row['task_definition'].rsplit('/', 1)[-1]})")
+    say(f"version {number} is live again ({revision(row['task_definition'])})")
     return row
 
 
