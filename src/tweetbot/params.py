@@ -122,6 +122,24 @@ SECTIONS: dict[str, type] = {
 }
 
 
+def load_keeping_comments(text: str):
+    """params.yaml text as a document to edit in place and write back with `dump_keeping_comments`: its comments
+    and key order stay (ruamel, DVC's own YAML library)."""
+    from ruamel.yaml import YAML
+
+    return YAML().load(text)
+
+
+def dump_keeping_comments(document) -> str:
+    import io
+
+    from ruamel.yaml import YAML
+
+    out = io.StringIO()
+    YAML().dump(document, out)
+    return out.getvalue()
+
+
 def load(section: str, path: Path | str = PARAMS_FILE):
     """Read one section of `params.yaml` into its dataclass; missing keys take their defaults."""
     path = Path(path)

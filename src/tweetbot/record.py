@@ -66,7 +66,7 @@ def keeping(saved: Snapshot, current: Snapshot, *, stages: tuple[str, ...], sect
 def checkout() -> None:
     """`dvc checkout` what dvc.lock and the `.dvc` files name, from the DVC remote if the cache lacks it."""
     stages = list(yaml.safe_load(LOCK.read_text())["stages"]) if LOCK.exists() else []
-    targets = [*stages, *(str(path) for folder in ADDED for path in folder.rglob("*.dvc"))]
+    targets = [*stages, *map(str, _added())]
     if not targets:
         return
     try:
@@ -94,18 +94,24 @@ def dvc(*args: str) -> subprocess.CompletedProcess:
 
 
 def _files() -> list[Path]:
-    candidates = [params.PARAMS_FILE, LOCK, *(path for folder in ADDED for path in folder.rglob("*.dvc"))]
-    for outputs in _outputs_in_git().values():
-        for output in outputs:
-            candidates += [output, *output.rglob("*")] if output.is_dir() else [output]
-    return sorted({path for path in candidates if path.is_file()})
+    outputs = [output for stage_outputs in _outputs_in_git().values() for output in stage_outputs]
+    candidates = {params.PARAMS_FILE, LOCK, *_added(), *_with_contents(outputs)}
+    return sorted(path for path in candidates if path.is_file())
 
 
 def _stage_files(stage: str) -> set[str]:
-    outputs = _outputs_in_git().get(stage, [])
-    return {str(path) for output in outputs for path in [output, *output.rglob("*")] if path.is_file()} | {
-        str(output) for output in outputs
-    }
+    """The names of stage `stage`'s outputs in git, and of what is inside those that are folders."""
+    return {str(path) for path in _with_contents(_outputs_in_git().get(stage, []))}
+
+
+def _with_contents(outputs: list[Path]) -> list[Path]:
+    """`outputs`, and everything inside those that are folders."""
+    return [path for output in outputs for path in (output, *output.rglob("*"))]
+
+
+def _added() -> list[Path]:
+    """The `.dvc` files of data added by hand."""
+    return [path for folder in ADDED for path in folder.rglob("*.dvc")]
 
 
 def _outputs_in_git() -> dict[str, list[Path]]:
@@ -122,21 +128,15 @@ def _outputs_in_git() -> dict[str, list[Path]]:
 
 
 def _with_sections(params_text: str, current: Snapshot, sections: tuple[str, ...]) -> str:
-    """`params_text` with `sections` as in the current params.yaml (comments kept: ruamel, DVC's YAML library)."""
-    import io
-
-    from ruamel.yaml import YAML
-
-    yaml_rt = YAML()
-    document, now = yaml_rt.load(params_text), yaml_rt.load(current[str(params.PARAMS_FILE)])
+    """`params_text` with `sections` as in the current params.yaml, comments and all."""
+    document = params.load_keeping_comments(params_text)
+    now = params.load_keeping_comments(current[str(params.PARAMS_FILE)])
     for section in sections:
         if section in now:
             document[section] = now[section]
         else:
             document.pop(section, None)
-    out = io.StringIO()
-    yaml_rt.dump(document, out)
-    return out.getvalue()
+    return params.dump_keeping_comments(document)
 
 
 def _remove(path: Path) -> None:

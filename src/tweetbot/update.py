@@ -229,17 +229,13 @@ def validation_loss(checkpoint_path: Path, vocab: Vocab, texts: list[str]) -> fl
 
 
 def set_train_params(**values) -> None:
-    """Set keys of params.yaml `train:` in place, keeping its comments (DVC's own YAML library)."""
-    from ruamel.yaml import YAML
-
-    yaml_rt = YAML()
+    """Set keys of params.yaml `train:` in place, keeping its comments."""
     path = params.PARAMS_FILE
-    document = yaml_rt.load(path.read_text())
+    document = params.load_keeping_comments(path.read_text())
     if all(document["train"].get(key) == value for key, value in values.items()):
         return
     document["train"].update(values)
-    with path.open("w") as file:
-        yaml_rt.dump(document, file)
+    atomic.write_text(path, params.dump_keeping_comments(document))
     params.load("train")  # still valid
 
 
