@@ -10,6 +10,7 @@ from pathlib import Path
 from tests.conftest import REPO
 
 VENV_BIN = REPO / ".venv" / "bin"
+UP_TO_DATE = "Data and pipelines are up to date."  # what `dvc status` says when nothing would run
 PROJECT_FILES = [
     "dvc.yaml",
     "params.yaml",

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from tests.pipeline import dvc, make_project, stages_run
+from tests.pipeline import UP_TO_DATE, dvc, make_project, stages_run
 from tweetbot import record
 from tweetbot import update as updating
 from tweetbot.errors import UserError
@@ -43,7 +43,7 @@ def test_a_snapshot_put_back_restores_the_record_and_the_data_it_names(project):
     assert record.snapshot() == saved
     assert (project / "data/processed/val.npy").read_bytes() == val
     assert not (project / "models/extra.bin").exists()  # its .dvc file was not in the record, so it goes too
-    assert dvc(project, "status", "preprocess").stdout.strip() == "Data and pipelines are up to date."
+    assert dvc(project, "status", "preprocess").stdout.strip() == UP_TO_DATE
 
 
 def test_keeping_takes_one_stage_and_params_sections_from_the_current_record(project):
@@ -61,7 +61,7 @@ def test_keeping_takes_one_stage_and_params_sections_from_the_current_record(pro
     assert "# Hyper-parameters" in merged["params.yaml"]  # comments kept
 
     record.restore(merged)
-    assert dvc(project, "status", "preprocess").stdout.strip() == "Data and pipelines are up to date."
+    assert dvc(project, "status", "preprocess").stdout.strip() == UP_TO_DATE
 
 
 def test_data_missing_from_the_cache_without_a_remote_is_one_clear_error(project):
@@ -96,4 +96,4 @@ def test_data_missing_from_the_cache_comes_from_the_dvc_remote(project, tmp_path
 
     record.restore(saved)
     assert (project / "data/processed/val.npy").read_bytes() == val
-    assert dvc(project, "status", "preprocess").stdout.strip() == "Data and pipelines are up to date."
+    assert dvc(project, "status", "preprocess").stdout.strip() == UP_TO_DATE

@@ -21,7 +21,7 @@ import yaml
 
 from tests.aws import moto_server
 from tests.conftest import REPO
-from tests.pipeline import dvc, make_project, run
+from tests.pipeline import UP_TO_DATE, dvc, make_project, run
 from tests.test_fetch_x_api import FakeX
 from tweetbot import history, params
 from tweetbot import update as updating
@@ -56,9 +56,6 @@ TINY = {
     "update": {"min_new_posts": 50, "fine_tune_steps": 60, "min_improvement": 0.0},
     "deploy": {"name": "bot"},
 }
-
-
-UP_TO_DATE = "Data and pipelines are up to date."
 
 
 def demo_timeline() -> list[dict]:
@@ -139,7 +136,7 @@ def assert_fine_tune_reproduces_in_a_clone(root, clone) -> None:
     dvc(clone, "config", "--local", "cache.dir", str(root / ".dvc/cache"))
     dvc(clone, "checkout")
     assert yaml.safe_load((clone / "params.yaml").read_text())["train"]["init_from"] == str(updating.INIT)
-    assert dvc(clone, "status", "train").stdout.strip() == "Data and pipelines are up to date."
+    assert dvc(clone, "status", "train").stdout.strip() == UP_TO_DATE
     dvc(clone, "repro", "--force", "--single-item", "train")
 
 
