@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.live_service import free_port, is_ready
+from tests.live_service import free_port, is_ready, stop
 
 CLIENTS = 32
 ROUNDS = 3
@@ -81,12 +81,7 @@ class Server:
         self.started_s = time.perf_counter() - started
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop(self.process, timeout_s=10)
 
     def batches(self) -> tuple[float, float]:
         """(sampler calls, rows) so far, from the service's Prometheus metrics."""

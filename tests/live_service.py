@@ -29,6 +29,16 @@ def is_ready(url: str) -> bool:
         return False
 
 
+def stop(process: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM, and SIGKILL if `process` has not exited within `timeout_s`."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextlib.contextmanager
 def live_service(bundle: Path, log: Path, **env: str) -> Iterator[str]:
     """`uvicorn --factory service.app:create_app` serving `bundle`; yields its base URL once it is ready.
@@ -52,9 +62,4 @@ def live_service(bundle: Path, log: Path, **env: str) -> Iterator[str]:
             time.sleep(0.2)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server, timeout_s=10)

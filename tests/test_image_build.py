@@ -30,7 +30,7 @@ import yaml
 
 from deploy import builders, image
 from tests.conftest import REPO
-from tests.live_service import free_port
+from tests.live_service import free_port, stop
 from tests.pipeline import dvc, make_project, run, stages_run
 
 pytestmark = pytest.mark.slow
@@ -116,12 +116,7 @@ def private_dockerd(patch: pytest.MonkeyPatch):
             _wait_for_daemon(daemon, run_dir / "dockerd.log")
             yield
         finally:
-            daemon.terminate()
-            try:
-                daemon.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            stop(daemon, timeout_s=60)
     _unmount_under(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
 
