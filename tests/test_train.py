@@ -116,6 +116,19 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path, ba
     assert changed["step"] == 10
 
 
+def test_a_resume_repairs_what_a_kill_tore_in_the_dvclive_files(tmp_path, base, data):
+    run(tmp_path, data, max_steps=20)
+    live = tmp_path / "live"
+    (live / "metrics.json").write_text("")  # killed while DVCLive rewrote its summary ...
+    curve = live / "plots" / "metrics" / "val_loss.tsv"
+    curve.write_text(curve.read_text() + "30\t1.2")  # ... or appended a row
+    resumed, out = run(tmp_path, data)
+    assert resumed == base[0]
+    steps = [row.split("\t")[0] for row in curve.read_text().splitlines()]
+    assert steps == ["step", "10", "20", "30"]
+    assert json.loads((live / "metrics.json").read_text())["steps"] == 30
+
+
 def test_fine_tuning_starts_from_a_checkpoint(tmp_path, base, data):
     best = base[1] / "checkpoints" / "best.msgpack"
     tuned, _ = run(tmp_path, data, init_from=str(best), max_steps=10, learning_rate=0.001)

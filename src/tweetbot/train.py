@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import sys
 import time
@@ -157,9 +158,9 @@ def run(params: TrainParams, data_dir: Path, checkpoint_dir: Path, live_dir: Pat
         dynamic_ncols=True,
         mininterval=refresh_s,
     )
+    if resumed:
+        _repair_live_dir(live_dir, meta["step"])
     with Live(str(live_dir), resume=bool(resumed), dvcyaml=None, save_dvc_exp=False) as live, bar:
-        if resumed:
-            _drop_rows_after(live_dir, meta["step"])
         while meta["step"] < params.max_steps and not _out_of_time(params, meta["train_seconds"]):
             state, carry, train_loss = _train_interval(params, model, lanes, train_step, state, carry, meta, bar)
             val_loss = float(evaluate(state.params, *val))
@@ -293,9 +294,22 @@ def _fine_tune_start(path: Path, fresh_params):
     return loaded
 
 
-def _drop_rows_after(live_dir: Path, step: int) -> None:
-    """After a kill, DVCLive's curves may hold rows logged after the last checkpoint: drop them on resume."""
+def _repair_live_dir(live_dir: Path, step: int) -> None:
+    """Make DVCLive's files fit the checkpoint a run resumes from. A kill can land while DVCLive writes them
+    (after the checkpoint): its summary may be torn, and its curves may end in a torn row or hold rows logged
+    after `step`. Keep whole rows up to `step`; drop a torn summary or curve, which the next log writes afresh."""
+    summary = live_dir / "metrics.json"
+    try:
+        json.loads(summary.read_text())
+    except FileNotFoundError:
+        pass
+    except ValueError:
+        summary.unlink()
     for tsv in (live_dir / "plots" / "metrics").glob("**/*.tsv"):
-        header, *rows = tsv.read_text().splitlines(keepends=True)
+        lines = [line for line in tsv.read_text().splitlines(keepends=True) if line.endswith("\n")]
+        if not lines:
+            tsv.unlink()
+            continue
+        header, *rows = lines
         column = header.rstrip("\n").split("\t").index("step")
         tsv.write_text(header + "".join(row for row in rows if int(row.split("\t")[column]) <= step))
