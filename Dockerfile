@@ -44,7 +44,8 @@ FROM ${BASE_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 tweetbot \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /app --shell /usr/sbin/nologin tweetbot
 COPY --from=builder /opt/venv /opt/venv
-COPY src/tweetbot /app/src/tweetbot
+COPY src/tweetbot/__init__.py /app/src/tweetbot/__init__.py
+COPY src/tweetbot/runtime /app/src/tweetbot/runtime
 COPY service /app/service
 COPY models/export /app/bundle
 # No persistent JAX compilation cache: the service user may write nowhere in the image, and a container's

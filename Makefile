@@ -19,10 +19,10 @@ install:  ## install uv (pinned) and the locked dependencies into .venv
 	@if command -v npm >/dev/null; then npm ci --prefix .github/lint --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: tests/test_deploy_workflows.py will be skipped"; fi
 
-# The demo stops at the exported bundle: the image needs a container builder and the deploy needs AWS
-# (`dvc repro image`, `make deploy`).
+# The demo runs the experiment pipeline (dvc.yaml): fetch → preprocess → train → export. The delivery pipeline
+# (deploy/dvc.yaml: the image needs a container builder and the deploy AWS) is `make deploy`.
 demo: install  ## run the pipeline on the built-in demo data up to the exported bundle, then show samples
-	$(BIN)/dvc repro export
+	$(BIN)/dvc repro
 	$(BIN)/tweetbot summary
 
 test: install  ## the default test suite (minutes)
@@ -51,11 +51,12 @@ PORT ?= 8080
 serve: install  ## serve the exported bundle on http://localhost:8080/ (PORT=...; the web page: /app)
 	$(BIN)/tweetbot serve --port $(PORT)
 
+# The delivery pipeline, deploy/dvc.yaml (image, deploy), and what it needs of the experiment pipeline first.
 # Rebuilds and redeploys only what an upstream change reaches (nothing, when nothing changed; outputs missing
 # here are pulled from the DVC remote rather than rebuilt), then stores data, models and image in the remote.
 # AWS credentials and region: the standard AWS chain (README, "Deploy to AWS").
 deploy: install  ## deploy to AWS (ECR + ECS Fargate), then `dvc push`
-	$(BIN)/dvc repro --pull deploy
+	$(BIN)/dvc repro --pull deploy/dvc.yaml
 	$(BIN)/dvc push
 
 # New posts in, a better bot out, or nothing changes (README, "Keep the bot fresh"); then store what it made.

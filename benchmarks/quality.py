@@ -17,7 +17,7 @@ import numpy as np
 from benchmarks.__main__ import save
 from tweetbot import train
 from tweetbot.params import TrainParams
-from tweetbot.vocab import Vocab
+from tweetbot.runtime.vocab import Vocab
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "tinyshakespeare.txt"
 BUDGET_S = 180.0

@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tweetbot.model import CharRNN
-from tweetbot.sample import STREAM_CHUNK, Sampler, SampleRequest
-from tweetbot.vocab import EOS, Vocab
+from tweetbot.runtime.model import CharRNN
+from tweetbot.runtime.sample import STREAM_CHUNK, Sampler, SampleRequest
+from tweetbot.runtime.vocab import EOS, Vocab
 
 LENGTH = 280
 RNN_SIZE, NUM_LAYERS = 128, 2

@@ -37,16 +37,16 @@ EXPORTED = Path("models/export")
 
 def make_bundle(folder: Path) -> Path:
     """models/export, or a random model of the default size when nothing has been exported yet."""
-    from tweetbot import bundle
+    from tweetbot.runtime import bundle
 
     if (EXPORTED / bundle.MANIFEST).exists():
         return EXPORTED
     import jax
     import jax.numpy as jnp
 
-    from tweetbot.model import CharRNN
     from tweetbot.params import TrainParams
-    from tweetbot.vocab import Vocab
+    from tweetbot.runtime.model import CharRNN
+    from tweetbot.runtime.vocab import Vocab
 
     train = TrainParams()
     vocab = Vocab([chr(c) for c in range(32, 127)])

@@ -2,8 +2,8 @@
 
 Credentials and region come only from the standard AWS chain (environment, shared config and credentials
 files, SSO, web identity in CI, instance and container roles); tweetbot never reads or stores a key. Every
-mutating call goes through `Aws.change`, which makes it, or, when planning, only lists it: so `tweetbot deploy
---plan` runs the same code as a deploy and changes nothing.
+mutating call goes through `Aws.change`, which makes it, or, when planning, only lists it: so `tweetbot plan`
+runs the same code as a deploy and changes nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import boto3
 import botocore.exceptions
 
-from tweetbot.errors import UserError
+from tweetbot.runtime.errors import UserError
 
 T = TypeVar("T")
 

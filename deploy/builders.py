@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tweetbot.errors import UserError
+from tweetbot.runtime.errors import UserError
 
 NAMES = ("docker", "podman", "buildah")
 INSTALL_HINT = (

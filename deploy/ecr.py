@@ -16,7 +16,7 @@ from pathlib import Path
 import botocore.exceptions
 
 from deploy.aws import Aws, error_code
-from tweetbot.errors import UserError
+from tweetbot.runtime.errors import UserError
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",

@@ -2,7 +2,11 @@
 
 The build context is assembled from exactly what goes into the image, laid out as in the repository:
 
-    Dockerfile  pyproject.toml  uv.lock  src/tweetbot/  service/  models/export/ (the bundle)
+    Dockerfile  pyproject.toml  uv.lock  src/tweetbot/__init__.py  src/tweetbot/runtime/  service/
+    models/export/ (the bundle)
+
+Only the runtime of the library goes in (tweetbot.runtime: what the service imports), never the pipeline around
+it, so an edit to training, the sources or the CLI leaves the tag, and the deployed service, as they are.
 
 and the tag is a hash of that context plus the build settings that change the image (base image, platform),
 so the same inputs always give the same tag, and any change to them a new one. The image carries the tag, the
@@ -32,11 +36,18 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from deploy import builders, oci
-from tweetbot.errors import UserError
 from tweetbot.params import ImageParams
+from tweetbot.runtime.errors import UserError
 
 # What the Dockerfile copies, relative to the repository root; .dockerignore lets exactly these through.
-CODE_PATHS = ("Dockerfile", "pyproject.toml", "uv.lock", "src/tweetbot", "service")
+CODE_PATHS = (
+    "Dockerfile",
+    "pyproject.toml",
+    "uv.lock",
+    "src/tweetbot/__init__.py",
+    "src/tweetbot/runtime",
+    "service",
+)
 BUNDLE_PATH = "models/export"
 SKIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
 TAG_LENGTH = 12

@@ -7,7 +7,7 @@ their own that lets in only the service port (and lets everything out: tasks pul
 from __future__ import annotations
 
 from deploy.aws import Aws
-from tweetbot.errors import UserError
+from tweetbot.runtime.errors import UserError
 
 
 def network_configuration(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from tweetbot.errors import UserError
+from tweetbot.runtime.errors import UserError
 
 POLL_S = 10.0
 

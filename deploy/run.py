@@ -19,7 +19,7 @@ import botocore.exceptions
 
 from deploy import ecr, ecs, network, rollout
 from deploy.aws import Aws, error_code
-from tweetbot.errors import UserError
+from tweetbot.runtime.errors import UserError
 
 SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "PRIVATE_KEY", "ACCESS_KEY", "CREDENTIAL")
 ARCHITECTURES = {"linux/amd64": "X86_64", "linux/arm64": "ARM64"}

@@ -53,9 +53,9 @@ from service.schemas import (
     StreamEvent,
 )
 from service.settings import Settings
-from tweetbot import bundle
-from tweetbot.errors import UserError, exit_on_user_error
-from tweetbot.sample import MAX_LENGTH, MAX_SEED, SampleRequest
+from tweetbot.runtime import bundle
+from tweetbot.runtime.errors import UserError, exit_on_user_error
+from tweetbot.runtime.sample import MAX_LENGTH, MAX_SEED, SampleRequest
 
 PAGE = Path(__file__).parent / "static" / "index.html"
 

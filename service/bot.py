@@ -7,7 +7,7 @@ at once, and the larger buckets, needed only when many requests arrive together,
 background (a bucket needed before its turn is compiled by the batcher, once). Compiled programs go to JAX's
 persistent cache (`TWEETBOT_COMPILE_CACHE`), so a restart, or an image whose build warmed the cache, is ready
 in seconds.
-Texts leave here as people read them: link and mention tokens rendered (`tweetbot.vocab.render`).
+Texts leave here as people read them: link and mention tokens rendered (`tweetbot.runtime.vocab.render`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import jax
 from service.batching import ContinuousBatcher
 from service.observability import MODEL, observe_batch
 from service.settings import Settings
-from tweetbot import bundle
-from tweetbot.sample import BATCH_BUCKETS, MAX_SEED, Engine, Sampler, SampleRequest, bucket, check
-from tweetbot.vocab import render
+from tweetbot.runtime import bundle
+from tweetbot.runtime.sample import BATCH_BUCKETS, MAX_SEED, Engine, Sampler, SampleRequest, bucket, check
+from tweetbot.runtime.vocab import render
 
 log = logging.getLogger("tweetbot.service")
 

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from tweetbot.sample import MAX_LENGTH, MAX_SEED, PRIME_BUCKET
+from tweetbot.runtime.sample import MAX_LENGTH, MAX_SEED, PRIME_BUCKET
 
 MAX_POST_CHARS = 280  # a post, as `GET /` has always returned it
 MAX_PRIME_CHARS = PRIME_BUCKET  # the longest prime the compiled sampler takes

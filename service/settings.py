@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.schemas import MAX_SAMPLES
-from tweetbot.errors import UserError
-from tweetbot.sample import BATCH_BUCKETS
+from tweetbot.runtime.errors import UserError
+from tweetbot.runtime.sample import BATCH_BUCKETS
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from deploy import run
 from tweetbot import params
-from tweetbot.errors import exit_on_user_error
+from tweetbot.runtime.errors import exit_on_user_error
 
 
 @exit_on_user_error

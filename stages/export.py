@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from tweetbot import params
-from tweetbot.errors import exit_on_user_error
+from tweetbot.runtime.errors import exit_on_user_error
 
 
 @exit_on_user_error

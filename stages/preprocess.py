@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from tweetbot import corpus, params
-from tweetbot.errors import exit_on_user_error
+from tweetbot.runtime.errors import exit_on_user_error
 
 
 @exit_on_user_error

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from tests.tiny_bundle import TEXT, VOCAB, tiny_model, tiny_variables, write_tiny_bundle
-from tweetbot import bundle
-from tweetbot.bundle import BundleError
-from tweetbot.errors import UserError
+from tweetbot.runtime import bundle
+from tweetbot.runtime.bundle import BundleError
+from tweetbot.runtime.errors import UserError
 
 
 def logits_of(model, variables, text: str) -> np.ndarray:
@@ -55,7 +55,7 @@ def test_version_is_a_content_hash(tmp_path):
 
 
 def test_missing_bundle_is_one_clear_error(tmp_path):
-    with pytest.raises(BundleError, match="no model bundle at .*: run `tweetbot export`"):
+    with pytest.raises(BundleError, match="no model bundle at .*: run `dvc repro export`"):
         bundle.load(tmp_path / "nowhere")
     assert issubclass(BundleError, UserError)  # the CLI prints it as one line, exit 2
 
@@ -111,7 +111,7 @@ def test_writing_refuses_a_model_and_vocabulary_that_disagree(tmp_path):
 def test_loading_needs_no_training_code(tmp_path):
     path = write_tiny_bundle(tmp_path / "b")
     probe = (
-        "import sys; from tweetbot import bundle; b = bundle.load(sys.argv[1]); "
+        "import sys; from tweetbot.runtime import bundle; b = bundle.load(sys.argv[1]); "
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('optax', 'dvc', 'dvclive', 'tweepy') "
         "or m in ('tweetbot.train', 'tweetbot.checkpoint', 'tweetbot.corpus')); "
         "assert not heavy, heavy; print(b.version)"

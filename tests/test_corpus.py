@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 from tests.conftest import REPO
 from tweetbot import corpus
 from tweetbot.cli import app
-from tweetbot.errors import UserError
 from tweetbot.params import PreprocessParams
 from tweetbot.posts import make_post, write_posts
-from tweetbot.vocab import EOS, UNK, Vocab, render
+from tweetbot.runtime.errors import UserError
+from tweetbot.runtime.vocab import EOS, UNK, Vocab, render
 
 
 def post(id: int, text: str, *, retweet: bool = False, reply: bool = False):
@@ -249,9 +249,7 @@ def test_the_stage_script_reports_a_missing_input_in_one_line(tmp_path):
         text=True,
     )
     assert result.returncode == 2
-    assert result.stderr.splitlines() == [
-        "error: missing.jsonl not found: run `tweetbot fetch` (or `dvc repro fetch`) first"
-    ]
+    assert result.stderr.splitlines() == ["error: missing.jsonl not found: run `dvc repro fetch` first"]
 
 
 # --- real data --------------------------------------------------------------------------------------------
@@ -309,7 +307,8 @@ def test_summary_shows_counts_and_examples(corpora, tmp_path):
     stats = corpus.run(PreprocessParams(), tmp_path / "tweets.jsonl", tmp_path / "processed")
     runner = CliRunner()
 
-    shown = runner.invoke(app, ["summary", "--processed", str(tmp_path / "processed")])
+    no_bundle = str(tmp_path / "no-bundle")  # never the workspace's models/export
+    shown = runner.invoke(app, ["summary", "--processed", str(tmp_path / "processed"), "--bundle", no_bundle])
     assert shown.exit_code == 0, shown.output
     assert f"{stats['posts_kept']:,} kept of 400" in shown.output
     assert f"{stats['vocab_size']} symbols" in shown.output

@@ -1,4 +1,4 @@
-"""The deploy stage script, `tweetbot deploy --plan` and `tweetbot destroy` as a user runs them, on moto."""
+"""The deploy stage script, `tweetbot plan` and `tweetbot destroy` as a user runs them, on moto."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def test_the_stage_deploys_then_a_second_run_changes_nothing(project):
 
 def test_plan_prints_what_would_change_and_changes_nothing(project):
     cwd, name = project
-    result = run(cwd, str(TWEETBOT), "deploy", "--plan")
+    result = run(cwd, str(TWEETBOT), "plan")
     assert result.returncode == 0, result.stderr
     assert f"would create ECR repository {name}" in result.stderr
     assert f"would create ECS service {name}" in result.stderr
@@ -100,7 +100,7 @@ def test_missing_credentials_or_region_is_one_line_and_exit_status_2(project, mi
     cwd, _ = project
     env = {key: value for key, value in os.environ.items() if key not in missing + NO_AWS_ENV}
     env.update({key: value for key, value in FAKE_AWS_ENV.items() if key.startswith("AWS_C")})  # no ~/.aws
-    result = run(cwd, str(TWEETBOT), "deploy", "--plan", env=env)
+    result = run(cwd, str(TWEETBOT), "plan", env=env)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith(message)
@@ -110,6 +110,6 @@ def test_missing_credentials_or_region_is_one_line_and_exit_status_2(project, mi
 def test_aws_region_alone_is_enough_as_for_the_other_aws_tools(project):
     cwd, name = project
     env = {key: value for key, value in os.environ.items() if key != "AWS_DEFAULT_REGION"}
-    result = run(cwd, str(TWEETBOT), "deploy", "--plan", env=env)
+    result = run(cwd, str(TWEETBOT), "plan", env=env)
     assert result.returncode == 0, result.stderr
     assert f"would create ECS cluster {name}" in result.stderr

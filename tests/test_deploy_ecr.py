@@ -10,7 +10,7 @@ import pytest
 from deploy import ecr
 from deploy.aws import Aws
 from tests.aws import counting_session, layer, moto_server, write_image
-from tweetbot.errors import UserError
+from tweetbot.runtime.errors import UserError
 
 BASE = layer({"usr/lib/python3/base.py": b"# the base image\n" * 2000})
 APP = layer({"app/service.py": b"print('hello')\n"})

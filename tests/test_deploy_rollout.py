@@ -11,7 +11,7 @@ import pytest
 from botocore.stub import Stubber
 
 from deploy import rollout
-from tweetbot.errors import UserError
+from tweetbot.runtime.errors import UserError
 
 CLUSTER, SERVICE = "tweetbot", "tweetbot"
 ARN = "arn:aws:ecs:eu-west-1:123456789012:task-definition/tweetbot:{}"

@@ -18,7 +18,7 @@ from deploy import run
 from deploy.aws import is_mutating
 from tests.aws import counting_session, layer, moto_server, write_image
 from tweetbot import params
-from tweetbot.errors import UserError
+from tweetbot.runtime.errors import UserError
 
 BASE = layer({"usr/lib/python3/base.py": b"# the base image\n" * 2000})
 APP = layer({"app/service.py": b"print('hello')\n"})

@@ -7,7 +7,7 @@ import sys
 
 PROGRAM = """
 import sys
-from tweetbot.errors import UserError, exit_on_user_error
+from tweetbot.runtime.errors import UserError, exit_on_user_error
 
 @exit_on_user_error
 def main(kind):

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from tests.tiny_bundle import TEXT, VOCAB, tiny_model, tiny_variables
-from tweetbot import bundle, checkpoint, export
-from tweetbot.errors import UserError
+from tweetbot import checkpoint, export
 from tweetbot.params import ExportParams
-from tweetbot.vocab import EOS
+from tweetbot.runtime import bundle
+from tweetbot.runtime.errors import UserError
+from tweetbot.runtime.vocab import EOS
 
 REPO = Path(__file__).resolve().parents[1]
 POSTS = [TEXT, "the lazy fox", "0123 #nasa", "quick quick brown dog"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tweetbot import fetch
-from tweetbot.errors import UserError
 from tweetbot.params import FetchParams
+from tweetbot.runtime.errors import UserError
 from tweetbot.sources.archive import read_archive
 
 CREATED = [

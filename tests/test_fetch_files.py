@@ -1,4 +1,4 @@
-"""The file sources (JSON lines, CSV, plain text), the demo source, and the `tweetbot fetch` command."""
+"""The file sources (JSON lines, CSV, plain text), the demo source, and the fetch stage as DVC runs it."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 
 from tweetbot import fetch
-from tweetbot.errors import UserError
 from tweetbot.params import FetchParams
 from tweetbot.posts import read_posts
+from tweetbot.runtime.errors import UserError
 from tweetbot.sources.files import read_file
 
 REPO = Path(__file__).resolve().parents[1]
-TWEETBOT = Path(sys.executable).parent / "tweetbot"
 
 
 def test_jsonl_with_string_and_number_ids_both_time_formats_and_extra_keys(tmp_path):
@@ -198,7 +197,8 @@ def test_demo_reads_the_data_in_the_repository(monkeypatch, tmp_path):
 
 def run_cli(cwd: Path) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if not key.endswith("BEARER_TOKEN")}
-    return subprocess.run([str(TWEETBOT), "fetch"], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    command = [sys.executable, str(REPO / "stages/fetch.py"), "data/raw/tweets.jsonl"]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_cli_fetches_the_demo_with_no_credentials(tmp_path):

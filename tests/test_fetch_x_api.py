@@ -11,16 +11,16 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 import responses
 
+from tests.conftest import REPO
 from tweetbot import fetch
-from tweetbot.errors import UserError
 from tweetbot.params import FetchParams
 from tweetbot.posts import read_posts
+from tweetbot.runtime.errors import UserError
 
 API = "https://api.twitter.com/2"
 USER_ID = "11348282"
@@ -348,7 +348,7 @@ def test_cli_without_a_token_exits_2_with_one_line(tmp_path):
     env = {key: value for key, value in os.environ.items() if not key.endswith("BEARER_TOKEN")}
 
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "tweetbot"), "fetch"],
+        [sys.executable, str(REPO / "stages/fetch.py"), "data/raw/tweets.jsonl"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -20,7 +20,7 @@ import pytest
 
 from deploy import builders, image, oci
 from tests.conftest import REPO
-from tweetbot.errors import UserError
+from tweetbot.runtime.errors import UserError
 
 
 def make_repo(root: Path) -> Path:
@@ -30,7 +30,7 @@ def make_repo(root: Path) -> Path:
         "pyproject.toml": "[project]\nname = 'x'\n",
         "uv.lock": "version = 1\n",
         "src/tweetbot/__init__.py": "",
-        "src/tweetbot/model.py": "WIDTH = 1\n",
+        "src/tweetbot/runtime/model.py": "WIDTH = 1\n",
         "service/app.py": "def create_app(): ...\n",
         "service/static/index.html": "<p>hi</p>\n",
         "tests/test_x.py": "",  # not part of the image
@@ -61,7 +61,7 @@ def test_context_holds_exactly_what_the_image_copies(tmp_path):
         "pyproject.toml",
         "uv.lock",
         "src/tweetbot/__init__.py",
-        "src/tweetbot/model.py",
+        "src/tweetbot/runtime/model.py",
         "service/app.py",
         "service/static/index.html",
         "models/export/manifest.json",

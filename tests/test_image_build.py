@@ -170,9 +170,9 @@ def built(engine, tmp_path_factory):
         for variable in ("X_BEARER_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
             patch.setenv(variable, CANARY)
         started = time.monotonic()
-        result = dvc(root, "repro", "image")
+        result = dvc(root, "repro", "deploy/dvc.yaml:image")
     print(f"\n`dvc repro image` (fetch to image) took {time.monotonic() - started:.0f} s")
-    assert stages_run(result)[-1] == "image", result.stdout
+    assert stages_run(result)[-1] == "deploy/dvc.yaml:image", result.stdout
     yield root
     record = json.loads((root / "build/image.json").read_text())
     engine("rmi", f"{record['name']}:{record['tag']}", check=False)  # its layers stay in the build cache
@@ -278,7 +278,7 @@ def test_container_serves_as_non_root_and_stops_at_once(engine, built):
 
 def test_second_repro_with_nothing_changed_does_not_rebuild(built):
     before = (built / "build/image.json").read_bytes()
-    result = dvc(built, "repro", "image")
+    result = dvc(built, "repro", "deploy/dvc.yaml:image")
     assert stages_run(result) == []
     assert (built / "build/image.json").read_bytes() == before
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tweetbot.model import CharRNN, lstm
+from tweetbot.runtime.model import CharRNN, lstm
 
 VOCAB, BATCH, TIME = 11, 3, 7
 

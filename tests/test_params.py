@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import REPO
 from tweetbot import params
-from tweetbot.errors import UserError
+from tweetbot.runtime.errors import UserError
 
 
 def write(tmp_path, text: str):

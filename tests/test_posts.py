@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tweetbot.errors import UserError
 from tweetbot.posts import Post, make_post, merge_posts, read_posts, write_posts
+from tweetbot.runtime.errors import UserError
 
 
 def post(id: str, text: str = "hello", source: str = "file") -> Post:
@@ -122,7 +122,7 @@ def test_a_malformed_line_is_a_user_error_naming_file_and_line(tmp_path, line, p
 
 
 def test_reading_a_missing_store_says_to_fetch_first(tmp_path):
-    with pytest.raises(UserError, match="not found: run `tweetbot fetch`"):
+    with pytest.raises(UserError, match="not found: run `dvc repro fetch`"):
         read_posts(tmp_path / "tweets.jsonl")
 
 

@@ -10,7 +10,7 @@ import yaml
 from tests.pipeline import UP_TO_DATE, dvc, make_project, stages_run
 from tweetbot import record
 from tweetbot import update as updating
-from tweetbot.errors import UserError
+from tweetbot.runtime.errors import UserError
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from tweetbot import checkpoint
 from tweetbot.cli import app
-from tweetbot.errors import UserError
-from tweetbot.model import CharRNN
-from tweetbot.sample import STREAM_CHUNK, Engine, Sampler, SampleRequest, filter_logits
-from tweetbot.vocab import EOS, UNK, Vocab
+from tweetbot.runtime.errors import UserError
+from tweetbot.runtime.model import CharRNN
+from tweetbot.runtime.sample import STREAM_CHUNK, Engine, Sampler, SampleRequest, filter_logits
+from tweetbot.runtime.vocab import EOS, UNK, Vocab
 
 TEXT = "the quick brown fox jumps over the lazy dog. THE END!"
 

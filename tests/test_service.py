@@ -22,12 +22,12 @@ from service.batching import ContinuousBatcher
 from service.observability import JsonFormatter
 from service.settings import Settings
 from tests.tiny_bundle import VOCAB, tiny_variables, write_tiny_bundle
-from tweetbot import bundle
-from tweetbot.bundle import BundleError
-from tweetbot.errors import UserError
-from tweetbot.model import CharRNN
-from tweetbot.sample import Engine, Sampler, SampleRequest
-from tweetbot.vocab import LINK, MENTION, RENDERED, Vocab
+from tweetbot.runtime import bundle
+from tweetbot.runtime.bundle import BundleError
+from tweetbot.runtime.errors import UserError
+from tweetbot.runtime.model import CharRNN
+from tweetbot.runtime.sample import Engine, Sampler, SampleRequest
+from tweetbot.runtime.vocab import LINK, MENTION, RENDERED, Vocab
 
 READY_TIMEOUT_S = 600  # a cold JAX compilation cache on a busy machine; warm, it takes seconds
 
@@ -471,7 +471,7 @@ def test_ready_once_the_smallest_batch_compiles_while_the_larger_ones_go_on(bund
 def test_a_missing_bundle_stops_start_up_with_one_clear_error(tmp_path):
     with pytest.raises(BaseExceptionGroup) as failure, TestClient(create_app(settings_for(tmp_path))):
         pass
-    assert failure.group_contains(BundleError, match="no model bundle at .*: run `tweetbot export`")
+    assert failure.group_contains(BundleError, match="no model bundle at .*: run `dvc repro export`")
 
 
 @pytest.mark.parametrize(
@@ -479,7 +479,7 @@ def test_a_missing_bundle_stops_start_up_with_one_clear_error(tmp_path):
     [
         (
             {"TWEETBOT_BUNDLE": "/nowhere"},
-            "error: no model bundle at /nowhere (no manifest.json): run `tweetbot export`",
+            "error: no model bundle at /nowhere (no manifest.json): run `dvc repro export`",
         ),
         ({"TWEETBOT_MAX_BATCH": "0"}, "error: TWEETBOT_MAX_BATCH is 0: use 1 (no batching) to 64"),
     ],

@@ -10,9 +10,9 @@ import pytest
 
 from tests.trainkit import tiny_params, write_data
 from tweetbot import checkpoint, train
-from tweetbot.errors import UserError
 from tweetbot.input_pipeline import Lanes, eval_lanes
-from tweetbot.model import CharRNN
+from tweetbot.runtime.errors import UserError
+from tweetbot.runtime.model import CharRNN
 
 
 def test_lanes_are_contiguous_and_targets_are_the_next_character():

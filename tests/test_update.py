@@ -25,7 +25,7 @@ from tests.pipeline import UP_TO_DATE, dvc, make_project, run
 from tests.test_fetch_x_api import FakeX
 from tweetbot import history, params
 from tweetbot import update as updating
-from tweetbot.errors import UserError
+from tweetbot.runtime.errors import UserError
 
 FAKE_IMAGE_STAGE = '''"""The image stage without a container builder: the bundle as the one layer of an OCI layout."""
 import sys

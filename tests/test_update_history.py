@@ -8,7 +8,7 @@ import pytest
 
 from tests.pipeline import VENV_BIN
 from tweetbot import history
-from tweetbot.errors import UserError
+from tweetbot.runtime.errors import UserError
 
 
 def promoted(version: int, **extra) -> dict:

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from tweetbot import checkpoint
-from tweetbot.model import CharRNN
+from tweetbot.runtime.model import CharRNN
+from tweetbot.runtime.vocab import UNK, Vocab
 from tweetbot.update import remap_checkpoint
-from tweetbot.vocab import UNK, Vocab
 
 OLD = Vocab(["a", "b", "c"])
 NEW = Vocab(["c", "🚀", "a", "b"])  # a new character, and the old ones in another order (new frequencies)

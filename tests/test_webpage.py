@@ -12,7 +12,7 @@ import pytest
 
 from tests.live_service import live_service
 from tests.tiny_bundle import write_tiny_bundle
-from tweetbot import bundle
+from tweetbot.runtime import bundle
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"

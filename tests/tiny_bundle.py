@@ -11,9 +11,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from tweetbot import bundle
-from tweetbot.model import CharRNN
-from tweetbot.vocab import EOS, Vocab
+from tweetbot.runtime import bundle
+from tweetbot.runtime.model import CharRNN
+from tweetbot.runtime.vocab import EOS, Vocab
 
 TEXT = "The quick brown fox jumps over the lazy dog! #nasa @astro 0123456789 .,?-:/'"
 VOCAB = Vocab.build([TEXT])

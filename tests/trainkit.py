@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tweetbot.params import TrainParams
-from tweetbot.vocab import EOS, Vocab
+from tweetbot.runtime.vocab import EOS, Vocab
 
 with contextlib.redirect_stdout(io.StringIO()):  # `import this` prints the Zen of Python
     ZEN = codecs.decode(importlib.import_module("this").s, "rot13")  # 20 short lines: our "posts"

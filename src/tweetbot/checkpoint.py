@@ -22,8 +22,8 @@ import numpy as np
 from flax import serialization
 
 from tweetbot import atomic
-from tweetbot.errors import UserError
-from tweetbot.model import CharRNN
+from tweetbot.runtime.errors import UserError
+from tweetbot.runtime.model import CharRNN
 
 BEST = "best.msgpack"
 LAST = "last.msgpack"

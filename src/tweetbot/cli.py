@@ -1,8 +1,7 @@
-"""The `tweetbot` command: one subcommand per stage, plus the tools around them.
+"""The `tweetbot` command: the tools around the pipeline (samples, the service, the deployment, updates).
 
-Each subcommand reads its own `params.yaml` section and calls the same library function as the stage script in
-`stages/`. Imports are deferred to the subcommand so `tweetbot --help` stays fast and the service image does not
-need the pipeline's dependencies.
+The stages themselves run through DVC (`dvc repro`, `make deploy`), whose one entry point per stage is
+`stages/`. Imports are deferred to the subcommand so `tweetbot --help` stays fast.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from tweetbot.errors import UserError, exit_on_user_error
+from tweetbot.runtime.errors import UserError, exit_on_user_error
 
 app = typer.Typer(
     help="Turn an account's posts into a deployed text-generating bot.",
@@ -20,42 +19,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
-RAW = Path("data/raw/tweets.jsonl")
 PROCESSED = Path("data/processed")
 EXPORT = Path("models/export")
-
-
-@app.command()
-def fetch(out: Path = typer.Option(RAW, help="the JSON-lines file of posts to write or extend")) -> None:
-    """Collect the account's posts from the source that params.yaml `fetch:` names."""
-    from tweetbot import fetch as fetching
-    from tweetbot import params
-
-    fetching.run(params.load("fetch"), out)
-
-
-@app.command()
-def preprocess(
-    raw: Path = typer.Option(RAW, help="the posts fetched"),
-    out: Path = typer.Option(PROCESSED, help="the folder for the encoded splits and the vocabulary"),
-) -> None:
-    """Clean the posts, split train/val by post, build the vocabulary and encode."""
-    from tweetbot import corpus, params
-
-    corpus.run(params.load("preprocess"), raw, out)
-
-
-@app.command()
-def train(
-    data: Path = typer.Option(PROCESSED, help="the folder of train.npy, val.npy and vocab.json"),
-    checkpoints: Path = typer.Option(Path("models/checkpoints"), help="the folder for best and last checkpoints"),
-    live: Path = typer.Option(Path("dvclive"), help="DVCLive's folder for metrics and loss curves"),
-) -> None:
-    """Train the character RNN of params.yaml `train:`; a killed run resumes from its last checkpoint."""
-    from tweetbot import params
-    from tweetbot import train as training
-
-    training.run(params.load("train"), data, checkpoints, live)
 
 
 @app.command()
@@ -72,8 +37,8 @@ def sample(
 ) -> None:
     """Print samples from the best checkpoint, each followed by an empty line."""
     from tweetbot.checkpoint import load_checkpoint
-    from tweetbot.sample import Sampler, SampleRequest
-    from tweetbot.vocab import Vocab, render
+    from tweetbot.runtime.sample import Sampler, SampleRequest
+    from tweetbot.runtime.vocab import Vocab, render
 
     model, variables, _ = load_checkpoint(checkpoint)
     if not vocab.is_file():
@@ -82,20 +47,6 @@ def sample(
     requests = [SampleRequest(prime, temperature, top_k, top_p, length, seed + i) for i in range(n)]
     for text in sampler.generate(requests):
         typer.echo(render(prime + text) + "\n")  # link and mention tokens as people read them
-
-
-@app.command()
-def export(
-    checkpoint: Path = typer.Option(Path("models/checkpoints/best.msgpack"), help="the best checkpoint"),
-    processed: Path = typer.Option(PROCESSED, help="the folder of vocab.json and train.npy"),
-    out: Path = typer.Option(EXPORT, help="the bundle folder to write"),
-) -> None:
-    """Pack the best checkpoint into the service's bundle, if it beats the unigram baseline (`export:`)."""
-    from tweetbot import export as exporting
-    from tweetbot import params
-
-    manifest = exporting.run(params.load("export"), checkpoint, processed, out)
-    typer.echo(f"exported model {manifest['version']} to {out}")
 
 
 @app.command()
@@ -111,7 +62,7 @@ def serve(
 
     from service.app import create_app
     from service.settings import Settings
-    from tweetbot import bundle as bundles
+    from tweetbot.runtime import bundle as bundles
 
     settings = Settings.from_env()
     settings = dataclasses.replace(settings, bundle=bundle or settings.bundle, port=port or settings.port)
@@ -121,32 +72,34 @@ def serve(
 
 
 @app.command()
-def summary(processed: Path = typer.Option(PROCESSED, help="the folder preprocess wrote")) -> None:
+def summary(
+    processed: Path = typer.Option(PROCESSED, help="the folder preprocess wrote"),
+    bundle: Path = typer.Option(EXPORT, help="the bundle export wrote (shown when it exists)"),
+) -> None:
     """Print what the pipeline has produced so far: the data (later stages add their own sections)."""
     from tweetbot import corpus
 
     if not (processed / corpus.STATS_FILE).exists():
         raise UserError(f"{processed} holds no processed data yet: run `dvc repro` first")
     sections = [corpus.summary(processed)]  # each later stage appends its section here
-    if (EXPORT / "manifest.json").exists():
+    if (bundle / "manifest.json").exists():
         from tweetbot import export as exporting
 
-        sections.append(exporting.summary(EXPORT))
+        sections.append(exporting.summary(bundle))
     typer.echo("\n\n".join(sections))
 
 
 @app.command()
-def deploy(
-    plan: bool = typer.Option(False, "--plan", help="print what would change and change nothing"),
+def plan(
     layout: Path = typer.Option(Path("build/image"), help="the image as an OCI layout"),
     image: Path = typer.Option(Path("build/image.json"), help="the image record"),
     out: Path = typer.Option(Path("build/deploy.json"), help="the deployment record to write"),
 ) -> None:
-    """Push the image to ECR and roll it out on ECS Fargate (params.yaml `deploy:`); `dvc repro` runs this."""
+    """Print what the deploy stage (`make deploy`) would change on AWS for params.yaml `deploy:`; change nothing."""
     from deploy import run
     from tweetbot import params
 
-    run.deploy(params.load("deploy"), layout, image, out, apply=not plan)
+    run.deploy(params.load("deploy"), layout, image, out, apply=False)
 
 
 @app.command()

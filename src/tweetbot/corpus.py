@@ -38,10 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tweetbot.errors import UserError
 from tweetbot.params import PreprocessParams
 from tweetbot.posts import Post, read_posts
-from tweetbot.vocab import EOS, LINK, MENTION, UNK, Vocab, render
+from tweetbot.runtime.errors import UserError
+from tweetbot.runtime.vocab import EOS, LINK, MENTION, UNK, Vocab, render
 
 # A link runs to the next space but leaves trailing punctuation to the sentence ("see https://nasa.gov.").
 LINK_PATTERN = re.compile(r"(?:https?://|\bt\.co/)(?:\S*[^\s.,;:!?)\]}'\"’”])?")

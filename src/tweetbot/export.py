@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from tweetbot import bundle
 from tweetbot.checkpoint import load_checkpoint
-from tweetbot.errors import UserError
-from tweetbot.model import CharRNN
 from tweetbot.params import ExportParams
-from tweetbot.sample import Sampler, SampleRequest
-from tweetbot.vocab import EOS, Vocab
+from tweetbot.runtime import bundle
+from tweetbot.runtime.errors import UserError
+from tweetbot.runtime.model import CharRNN
+from tweetbot.runtime.sample import Sampler, SampleRequest
+from tweetbot.runtime.vocab import EOS, Vocab, render
 
 
 def unigram_bpc(tokens: np.ndarray) -> float:
@@ -115,7 +115,7 @@ def summary(out: Path, n: int = 3, temperature: float = 0.8) -> str:
         f"Exported model {exported.version} ({out}): {metrics['val_bpc']:.3f} bits/char on validation, "
         f"{metrics['improvement_bpc']:.3f} better than the unigram baseline ({data['unigram_bpc']:.3f}).",
         f"Samples (temperature {temperature}):",
-        *("  " + text.replace("\n", "\n  ") for text in texts),
+        *("  " + render(text).replace("\n", "\n  ") for text in texts),  # link symbols as the service shows them
         "Serve it: `make serve`, then `curl localhost:8080/` (the web page: http://localhost:8080/app).",
     ]
     return "\n".join(lines)

@@ -31,9 +31,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tweetbot import atomic
-from tweetbot.errors import UserError
 from tweetbot.params import FetchParams
 from tweetbot.posts import Post, merge_posts, newest_first, read_posts, write_posts
+from tweetbot.runtime.errors import UserError
 from tweetbot.sources import archive, demo, files, x_api
 from tweetbot.sources.x_api import API_CAP
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from tweetbot import atomic
-from tweetbot.errors import UserError
+from tweetbot.runtime.errors import UserError
 
 HISTORY = Path("models/history.jsonl")
 LIVE_EVENTS = ("promoted", "rollback")
@@ -63,6 +63,11 @@ COLUMNS = (
 )
 
 
+def revision(task_definition_arn: str) -> str:
+    """ "family:3" from a task definition ARN, as the history shows it."""
+    return task_definition_arn.rsplit("/", 1)[-1]
+
+
 def table(rows: list[dict]) -> str:
     """The history as a plain-text table, oldest first; the live version is marked with *."""
     current = live(rows)
@@ -70,7 +75,7 @@ def table(rows: list[dict]) -> str:
     for row in rows:
         values = [_cell(row.get(column)) for column in COLUMNS]
         values[0] = f"{row['version']}{'*' if row is current else ''}" if row.get("version") else "-"
-        values[COLUMNS.index("task_definition")] = str(row.get("task_definition") or "-").rsplit("/", 1)[-1]
+        values[COLUMNS.index("task_definition")] = revision(row.get("task_definition") or "-")
         cells.append(values)
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
     return "\n".join(

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from tweetbot.errors import UserError
+from tweetbot.runtime.errors import UserError
 
 
 class Lanes:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from tweetbot.errors import UserError
+from tweetbot.runtime.errors import UserError
 
 PARAMS_FILE = Path("params.yaml")
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tweetbot import atomic
-from tweetbot.errors import UserError
+from tweetbot.runtime.errors import UserError
 
 CLASSIC_TIME_FORMAT = "%a %b %d %H:%M:%S %z %Y"  # v1.1 API and archives: Wed Oct 10 20:19:24 +0000 2018
 FIELDS = ("id", "created_at", "text", "is_retweet", "is_reply", "source")
@@ -105,7 +105,7 @@ def read_posts(path: Path) -> list[Post]:
     """The posts of a store written by `write_posts`, newest first; a malformed line is a UserError."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{path} not found: run `tweetbot fetch` (or `dvc repro fetch`) first")
+        raise UserError(f"{path} not found: run `dvc repro fetch` first")
     posts = []
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):

@@ -1,6 +1,7 @@
 """The pipeline's record: the files in git that say which data, model and deployment the workspace holds.
 
-They are `dvc.lock` (every stage's inputs and outputs, by hash), `params.yaml` (the settings the stages ran
+They are the lock files of both pipelines, `dvc.lock` and `deploy/dvc.lock` (every stage's inputs and outputs,
+by hash), `params.yaml` (the settings the stages ran
 with), the `.dvc` files of data added by hand (the fine-tune's start checkpoint), and the small outputs DVC
 keeps in git rather than in its cache (`cache: false` in dvc.yaml: metrics, curves, the image and deployment
 records). A snapshot of their text, written back and followed by `dvc checkout`, puts the whole workspace back
@@ -19,10 +20,12 @@ from pathlib import Path
 import yaml
 
 from tweetbot import atomic, params
-from tweetbot.errors import UserError
+from tweetbot.runtime.errors import UserError
 
-PIPELINE = Path("dvc.yaml")
-LOCK = Path("dvc.lock")
+EXPERIMENT = Path("dvc.yaml")  # fetch, preprocess, train, export: what `dvc repro` and `dvc exp run` run
+DELIVERY = Path("deploy/dvc.yaml")  # image, deploy: what `make deploy` runs
+PIPELINES = (EXPERIMENT, DELIVERY)
+LOCK = EXPERIMENT.with_suffix(".lock")
 ADDED = (Path("models"),)  # where `.dvc` files of data added by hand live
 
 Snapshot = dict[str, str]  # path -> text
@@ -52,21 +55,25 @@ def keeping(saved: Snapshot, current: Snapshot, *, stages: tuple[str, ...], sect
     kept = set().union(*(_stage_files(stage) for stage in stages))
     merged = {name: text for name, text in saved.items() if name not in kept}
     merged |= {name: text for name, text in current.items() if name in kept}
-    lock, now = yaml.safe_load(saved[str(LOCK)]), yaml.safe_load(current[str(LOCK)])
-    for stage in stages:
-        if stage in now["stages"]:
-            lock["stages"][stage] = now["stages"][stage]
+    for pipeline in PIPELINES:
+        name = str(pipeline.with_suffix(".lock"))
+        lock, now = _stages_of(saved.get(name)), _stages_of(current.get(name))
+        for stage in stages:
+            if stage in now["stages"]:
+                lock["stages"][stage] = now["stages"][stage]
+            else:
+                lock["stages"].pop(stage, None)
+        if lock["stages"]:
+            merged[name] = yaml.safe_dump(lock, sort_keys=False)
         else:
-            lock["stages"].pop(stage, None)
-    merged[str(LOCK)] = yaml.safe_dump(lock, sort_keys=False)
+            merged.pop(name, None)
     merged[str(params.PARAMS_FILE)] = _with_sections(saved[str(params.PARAMS_FILE)], current, sections)
     return merged
 
 
 def checkout() -> None:
-    """`dvc checkout` what dvc.lock and the `.dvc` files name, from the DVC remote if the cache lacks it."""
-    stages = list(yaml.safe_load(LOCK.read_text())["stages"]) if LOCK.exists() else []
-    targets = [*stages, *map(str, _added())]
+    """`dvc checkout` what the lock files and the `.dvc` files name, from the DVC remote if the cache lacks it."""
+    targets = [*_locked_stages(), *map(str, _added())]
     if not targets:
         return
     try:
@@ -78,6 +85,21 @@ def checkout() -> None:
                 "it (`dvc remote add -d NAME URL`) and run again"
             ) from None
         dvc("pull", "--force", *targets)
+
+
+def _stages_of(lock_text: str | None) -> dict:
+    return yaml.safe_load(lock_text) if lock_text else {"schema": "2.0", "stages": {}}
+
+
+def _locked_stages() -> list[str]:
+    """Every stage a lock file records, addressed as `dvc checkout` takes it (`deploy/dvc.yaml:image`)."""
+    found = []
+    for pipeline in PIPELINES:
+        lock = pipeline.with_suffix(".lock")
+        if lock.exists():
+            prefix = "" if pipeline == EXPERIMENT else f"{pipeline}:"
+            found += [prefix + stage for stage in yaml.safe_load(lock.read_text())["stages"]]
+    return found
 
 
 def dvc(*args: str) -> subprocess.CompletedProcess:
@@ -95,7 +117,8 @@ def dvc(*args: str) -> subprocess.CompletedProcess:
 
 def _files() -> list[Path]:
     outputs = [output for stage_outputs in _outputs_in_git().values() for output in stage_outputs]
-    candidates = {params.PARAMS_FILE, LOCK, *_added(), *_with_contents(outputs)}
+    locks = [pipeline.with_suffix(".lock") for pipeline in PIPELINES]
+    candidates = {params.PARAMS_FILE, *locks, *_added(), *_with_contents(outputs)}
     return sorted(path for path in candidates if path.is_file())
 
 
@@ -115,9 +138,10 @@ def _added() -> list[Path]:
 
 
 def _outputs_in_git() -> dict[str, list[Path]]:
-    """Each stage's outputs that dvc.yaml keeps out of the DVC cache (`cache: false`), so git holds them."""
+    """Each stage's outputs that the pipelines keep out of the DVC cache (`cache: false`), so git holds them."""
     found: dict[str, list[Path]] = {}
-    for name, stage in yaml.safe_load(PIPELINE.read_text())["stages"].items():
+    stages = [item for pipeline in PIPELINES for item in yaml.safe_load(pipeline.read_text())["stages"].items()]
+    for name, stage in stages:
         for kind in ("outs", "metrics", "plots"):
             for entry in stage.get(kind, []):
                 if isinstance(entry, dict):

@@ -28,11 +28,11 @@ from flax.training.train_state import TrainState
 from tqdm import tqdm
 
 from tweetbot import checkpoint
-from tweetbot.errors import UserError
 from tweetbot.input_pipeline import Lanes, eval_lanes
-from tweetbot.model import CharRNN
 from tweetbot.params import TrainParams
-from tweetbot.vocab import Vocab
+from tweetbot.runtime.errors import UserError
+from tweetbot.runtime.model import CharRNN
+from tweetbot.runtime.vocab import Vocab
 
 STOPPING_RULES = ("max_steps", "time_budget_s")  # may change between a run and its resumption
 LN2 = math.log(2)

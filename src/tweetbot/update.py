@@ -7,13 +7,14 @@ beside it (tweetbot.record) describe the live version, so a `make deploy` after 
    (the same `fetch.run` as the stage: incremental, `since_id`). Fewer than `update.min_new_posts` posts newer
    than the last update saw: "nothing to do", the fetched posts are put back to those dvc.lock names (a later
    update fetches them again), and neither dvc.lock nor the history changes. Otherwise `dvc commit fetch`.
-2. The first update (no history yet) runs `dvc repro deploy` as params.yaml stands and records version 1.
+2. The first update (no history yet) runs the delivery pipeline (`dvc repro deploy/dvc.yaml`) as params.yaml
+   stands and records version 1.
 3. Later ones fine-tune: `dvc repro preprocess`, then params.yaml `train.init_from` is set to the live model
    (remapped to the new vocabulary, below; `dvc add`ed, so a clone's `dvc pull` has it and `dvc repro train`
    works there too) and `train.max_steps` to `update.fine_tune_steps`, and `dvc repro train` trains. The new
    checkpoint and the live one are scored on the OLD validation posts (the split is by post id, so they are
    validation posts for both). Only a model better by `update.min_improvement` nats/char goes on:
-   `dvc repro deploy` (export, image, deploy) and a `promoted` line in the history.
+   `dvc repro deploy/dvc.yaml` (export, image, deploy) and a `promoted` line in the history.
 4. Otherwise a `not_promoted` line, the service keeps its task definition, and the saved record is put back
    with the data and models it names (`dvc checkout`): the rejected model, and the posts it was tuned on, are
    nowhere a `make deploy` could find them. The next update fetches those posts again and counts them as
@@ -48,13 +49,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from deploy.rollout import revision
 from tweetbot import atomic, corpus, history, params, record
-from tweetbot.errors import UserError
 from tweetbot.params import UpdateParams
 from tweetbot.posts import read_posts
 from tweetbot.record import dvc
-from tweetbot.vocab import SPECIALS, UNK, Vocab
+from tweetbot.runtime.errors import UserError
+from tweetbot.runtime.vocab import SPECIALS, UNK, Vocab
 
 RAW = Path("data/raw/tweets.jsonl")
 PROCESSED = Path("data/processed")
@@ -89,7 +89,7 @@ def update(p: UpdateParams, say=print) -> str:
     live = history.live(rows)
     if live is None:
         say("no version yet: running the whole pipeline")
-        dvc("repro", "deploy")
+        dvc("repro", str(record.DELIVERY))
         return _promote(rows, row, say)
 
     dvc("repro", "preprocess")
@@ -107,7 +107,7 @@ def update(p: UpdateParams, say=print) -> str:
     row["live_val_loss"] = validation_loss(live_checkpoint, live_vocab, old_val)
     say(f"on {len(old_val)} old validation posts: new {row['val_loss']:.4f}, live {row['live_val_loss']:.4f} nats/char")
     if row["val_loss"] < row["live_val_loss"] - p.min_improvement:
-        dvc("repro", "deploy")
+        dvc("repro", str(record.DELIVERY))
         return _promote(rows, row, say)
     record.restore(before)
     history.append({**row, "event": "not_promoted", "version": None, "from_version": live["version"]})
@@ -151,7 +151,7 @@ def _promote(rows: list[dict], row: dict, say) -> str:
     atomic.write_text(_version_file(row["version"]), json.dumps(record.snapshot(), indent=1, sort_keys=True))
     history.append(row)
     BEFORE.unlink(missing_ok=True)
-    say(f"promoted: version {row['version']} is live ({revision(row['task_definition'])})")
+    say(f"promoted: version {row['version']} is live ({history.revision(row['task_definition'])})")
     return "promoted"
 
 
@@ -168,7 +168,7 @@ def rollback(number: int, say=print) -> dict | None:
     saved = json.loads(_version_file(number).read_text())
     record.restore(record.keeping(saved, current, stages=("deploy",), sections=("deploy", "update")))
     try:
-        dvc("repro", "--single-item", "deploy")
+        dvc("repro", "--single-item", f"{record.DELIVERY}:deploy")
     except UserError:
         record.restore(current)  # the service still runs the current version: the circuit breaker rolls back
         raise
@@ -177,7 +177,7 @@ def rollback(number: int, say=print) -> dict | None:
     row |= {key: deployed[key] for key in ("image", "task_definition")}
     row |= {"event": "rollback", "time": _now(), "newest_post_id": rows[-1]["newest_post_id"], "new_posts": 0}
     history.append(row)
-    say(f"version {number} is live again ({revision(row['task_definition'])})")
+    say(f"version {number} is live again ({history.revision(row['task_definition'])})")
     return row
 
 

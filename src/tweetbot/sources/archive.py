@@ -17,8 +17,8 @@ import re
 import zipfile
 from pathlib import Path
 
-from tweetbot.errors import UserError
 from tweetbot.posts import Post, make_post
+from tweetbot.runtime.errors import UserError
 
 PART_NAME = re.compile(r"tweets?(?:-part(\d+))?\.js")  # tweets.js, tweets-part1.js, ... (not deleted-tweets.js)
 FIX = "download the archive again, or point fetch.path at its data/tweets.js"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tweetbot.errors import UserError
 from tweetbot.posts import Post
+from tweetbot.runtime.errors import UserError
 from tweetbot.sources.files import read_file
 
 DEMO_FILE = Path("data/demo/nasa_tweets.jsonl")

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tweetbot.errors import UserError
 from tweetbot.posts import Post, make_post
+from tweetbot.runtime.errors import UserError
 
 REQUIRED = ("id", "created_at", "text")
 SUFFIXES = (".jsonl", ".csv", ".txt")

@@ -18,8 +18,8 @@ from typing import TypeVar
 import requests
 import tweepy
 
-from tweetbot.errors import UserError
 from tweetbot.posts import Post, make_post
+from tweetbot.runtime.errors import UserError
 
 TOKEN_VARIABLES = ("X_BEARER_TOKEN", "TWITTER_BEARER_TOKEN")
 API_CAP = 3200  # the timeline endpoint's limit: the newest 3,200 posts of an account

@@ -43,8 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tweetbot.errors import UserError
-from tweetbot.vocab import EOS, UNK, Vocab
+from tweetbot.runtime.errors import UserError
+from tweetbot.runtime.vocab import EOS, UNK, Vocab
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 PRIME_BUCKET = 64  # the longest prime (raising it costs memory, not time: only real prime steps run)

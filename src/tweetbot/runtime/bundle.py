@@ -8,7 +8,7 @@ A bundle is one folder (`models/export/` by default):
 The model version is a content hash of the weights, the vocabulary and the manifest's deterministic part
 (not the creation time), so exporting the same checkpoint twice gives the same version.
 
-Loading needs only jax, flax, numpy and `tweetbot.model` / `tweetbot.vocab`: never training code or `data/`.
+Loading needs only jax, flax, numpy and the runtime's `model` and `vocab`: never training code or `data/`.
 Whatever is wrong with a bundle (missing, truncated, edited, from another format) is one `BundleError` line.
 """
 
@@ -28,9 +28,9 @@ import jax
 import jax.numpy as jnp
 from flax import serialization
 
-from tweetbot.errors import UserError
-from tweetbot.model import CharRNN
-from tweetbot.vocab import Vocab
+from tweetbot.runtime.errors import UserError
+from tweetbot.runtime.model import CharRNN
+from tweetbot.runtime.vocab import Vocab
 
 FORMAT_VERSION = 1
 WEIGHTS = "weights.msgpack"
@@ -101,7 +101,7 @@ def write(
 def load(path: Path = DEFAULT_DIR) -> Bundle:
     """Read and check the bundle in `path`; any problem is one BundleError line."""
     path = Path(path)
-    fix = "run `tweetbot export` (or `dvc repro export`) to write it"
+    fix = "run `dvc repro export` to write it"
     if not (path / MANIFEST).is_file():
         raise BundleError(f"no model bundle at {path} (no {MANIFEST}): {fix}")
     try:
