@@ -1,8 +1,10 @@
 """Wait for an ECS rollout to finish, and find where the service answers.
 
-A rollout is the service's PRIMARY deployment when the wait starts. ECS marks it COMPLETED once the new tasks
-are healthy, or FAILED when the circuit breaker stops it; with rollback on, ECS then starts a new PRIMARY
-deployment of the last revision that worked, which the failure names.
+A rollout is done when the deployment that runs the new task definition is the service's PRIMARY one and ECS
+marks it COMPLETED (its tasks are running and healthy, behind the load balancer when there is one). Nothing
+less counts: an older revision's COMPLETED deployment is the rollout not having started. When the circuit
+breaker stops the new deployment ECS marks it FAILED and, with rollback on, starts a new PRIMARY deployment of
+the last revision that worked, which the failure names.
 """
 
 from __future__ import annotations
@@ -19,37 +21,46 @@ def wait_for_rollout(
     ecs,
     cluster: str,
     service: str,
+    task_definition_arn: str,
     timeout_s: float,
     progress: Callable[[str], None] = print,
     poll_s: float = POLL_S,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict:
-    """The PRIMARY deployment once its rollout COMPLETED; a FAILED rollout or the timeout is a UserError."""
+    """The deployment of `task_definition_arn` once it is PRIMARY and COMPLETED; a failure or the timeout is a
+    UserError."""
     deadline = clock() + timeout_s
-    ours = None
+    target = revision(task_definition_arn)
+    seen = False  # a deployment of the target revision appeared (and may since have been replaced)
     last_status = None
     while True:
-        deployments = _describe(ecs, cluster, service)["deployments"]
-        primary = next(d for d in deployments if d["status"] == "PRIMARY")
-        ours = ours or primary["id"]
-        deployment = next((d for d in deployments if d["id"] == ours), None)
-        if deployment is None or deployment.get("rolloutState") == "FAILED":
-            raise UserError(_failure(deployment, primary, ours))
-        status = (
-            f"{revision(deployment['taskDefinition'])}: {deployment['runningCount']}/"
-            f"{deployment['desiredCount']} running, {deployment['pendingCount']} pending, "
-            f"{deployment.get('rolloutState', 'IN_PROGRESS').lower().replace('_', ' ')}"
-        )
+        deployments = _describe(ecs, cluster, service).get("deployments", [])
+        primary = next((d for d in deployments if d["status"] == "PRIMARY"), None)
+        if primary is None:
+            raise UserError(
+                f"ECS service {service} has no PRIMARY deployment ({_listing(deployments)}): tweetbot deploys "
+                "through the ECS deployment controller; see the service's events in the ECS console"
+            )
+        runs_target = [d for d in deployments if d["taskDefinition"] == task_definition_arn]
+        ours = primary if primary in runs_target else next(iter(runs_target), None)
+        if ours is None:
+            if seen:  # it was there and is gone: replaced
+                raise UserError(_failure(target, None, primary))
+            status = f"waiting for ECS to start deploying {target} (PRIMARY: {_status(primary)})"
+        elif ours.get("rolloutState") == "FAILED" or ours is not primary:
+            raise UserError(_failure(target, ours, primary))
+        else:
+            seen, status = True, _status(ours)
         if status != last_status:
             progress(status)
             last_status = status
-        if deployment.get("rolloutState") == "COMPLETED":
-            return deployment
+        if ours is not None and ours.get("rolloutState") == "COMPLETED":
+            return ours
         if clock() >= deadline:
             raise UserError(
-                f"the rollout of {revision(deployment['taskDefinition'])} did not finish in {timeout_s:g} s "
-                f"({status}): see the service's events in the ECS console, or raise deploy.rollout_timeout_s"
+                f"the rollout of {target} did not finish in {timeout_s:g} s ({status}): see the service's events "
+                "in the ECS console, or raise deploy.rollout_timeout_s"
             )
         sleep(poll_s)
 
@@ -61,15 +72,31 @@ def _describe(ecs, cluster: str, service: str) -> dict:
     return services[0]
 
 
-def _failure(deployment: dict | None, primary: dict, ours: str) -> str:
-    failed = revision(deployment["taskDefinition"]) if deployment else f"deployment {ours}"
-    reason = (deployment or {}).get("rolloutStateReason") or "replaced by another deployment"
-    if primary["id"] != ours:
+def _status(deployment: dict) -> str:
+    return (
+        f"{revision(deployment['taskDefinition'])}: {deployment['runningCount']}/"
+        f"{deployment['desiredCount']} running, {deployment['pendingCount']} pending, "
+        f"{deployment.get('rolloutState', 'IN_PROGRESS').lower().replace('_', ' ')}"
+    )
+
+
+def _listing(deployments: list[dict]) -> str:
+    if not deployments:
+        return "no deployments at all"
+    return ", ".join(f"{revision(d['taskDefinition'])} {d['status']}" for d in deployments)
+
+
+def _failure(target: str, ours: dict | None, primary: dict) -> str:
+    running = revision(primary["taskDefinition"])
+    if ours is not None and ours.get("rolloutState") == "FAILED":
+        reason = ours.get("rolloutStateReason") or "no reason given"
+        if ours is primary:
+            return f"the rollout of {target} failed ({reason}): see the task logs in CloudWatch"
         return (
-            f"the rollout of {failed} failed ({reason}); the circuit breaker rolled back to "
-            f"{revision(primary['taskDefinition'])}: see the task logs in CloudWatch"
+            f"the rollout of {target} failed ({reason}); the circuit breaker rolled back to {running}: see the "
+            "task logs in CloudWatch"
         )
-    return f"the rollout of {failed} failed ({reason}): see the task logs in CloudWatch"
+    return f"the rollout of {target} was replaced by a deployment of {running} (another deploy?): run the deploy again"
 
 
 def revision(task_definition_arn: str) -> str:

@@ -112,7 +112,12 @@ def deploy(
             aws.say(f"{len(aws.changes)} change(s) planned" if aws.changes else "no changes: the deployment is current")
             return None
         deployment = rollout.wait_for_rollout(
-            aws.client("ecs"), named["cluster"], named["service"], params.rollout_timeout_s, progress=aws.say
+            aws.client("ecs"),
+            named["cluster"],
+            named["service"],
+            task_definition_arn,
+            params.rollout_timeout_s,
+            progress=aws.say,
         )
         url = rollout.endpoint(
             aws.client("ecs"),

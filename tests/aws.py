@@ -2,6 +2,12 @@
 
 Every AWS call in the deploy tests goes through real boto3 (or DVC's s3fs) over HTTP to the moto server, with
 fake credentials set only in the test's environment.
+
+moto's ECS schedules nothing: a service's one deployment is made at creation (reported as running when
+MOTO_ECS_SERVICE_RUNNING says so) and an `update_service` starts none. The server here finishes each update's
+rollout at once, as ECS does when the new tasks come up healthy: a new PRIMARY deployment of the service's
+task definition replaces the old ones. What happens in between (progress, the circuit breaker) is tested on
+canned answers (tests/test_deploy_rollout.py).
 """
 
 from __future__ import annotations
@@ -14,12 +20,16 @@ import json
 import logging
 import os
 import tarfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import boto3
 import botocore.loaders
 import botocore.session
+from moto.core.utils import utcnow
+from moto.ecs.models import EC2ContainerServiceBackend
 from moto.server import ThreadedMotoServer
 
 REGION = "eu-west-1"
@@ -47,7 +57,10 @@ NO_AWS_ENV = (
 def moto_server() -> Iterator[str]:
     """A moto server on 127.0.0.1 at a free port, with the fake AWS environment set; yields its URL."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with patched_environ({**FAKE_AWS_ENV}, remove=NO_AWS_ENV):
+    with (
+        patched_environ({**FAKE_AWS_ENV}, remove=NO_AWS_ENV),
+        mock.patch.object(EC2ContainerServiceBackend, "update_service", _update_service_and_roll_out),
+    ):
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
@@ -57,6 +70,31 @@ def moto_server() -> Iterator[str]:
             yield url
         finally:
             server.stop()
+
+
+_moto_update_service = EC2ContainerServiceBackend.update_service
+
+
+def _update_service_and_roll_out(backend, service_properties):
+    """moto's update_service, then what ECS does once the new tasks are healthy: one PRIMARY deployment of the
+    service's (new) task definition, COMPLETED."""
+    service = _moto_update_service(backend, service_properties)
+    rolled = {**service.deployments[0]} if service.deployments else {}
+    now = utcnow()
+    rolled.update(
+        id=f"ecs-svc/{uuid.uuid4().int % 10**18}",
+        status="PRIMARY",
+        taskDefinition=service.task_definition,
+        desiredCount=service.desired_count,
+        runningCount=service.desired_count,
+        pendingCount=0,
+        rolloutState="COMPLETED",
+        rolloutStateReason="ECS deployment completed.",
+        createdAt=now,
+        updatedAt=now,
+    )
+    service.deployments = [rolled]
+    return service
 
 
 @contextlib.contextmanager

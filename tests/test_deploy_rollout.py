@@ -55,10 +55,10 @@ class FakeClock:
         self.now += seconds
 
 
-def wait(ecs, clock: FakeClock, timeout_s: float = 600, progress=None):
+def wait(ecs, clock: FakeClock, timeout_s: float = 600, target: int = 5):
     lines: list[str] = []
     result = rollout.wait_for_rollout(
-        ecs, CLUSTER, SERVICE, timeout_s, progress=progress or lines.append, clock=clock, sleep=clock.sleep
+        ecs, CLUSTER, SERVICE, ARN.format(target), timeout_s, progress=lines.append, clock=clock, sleep=clock.sleep
     )
     return result, lines
 
@@ -132,7 +132,7 @@ def test_a_failed_rollout_without_rollback_says_so():
             services_answer(deployment("only", 1, "PRIMARY", "FAILED", 0, reason="tasks failed to start")),
         )
         with pytest.raises(UserError, match="rollout of tweetbot:1 failed") as failure:
-            wait(ecs, FakeClock())
+            wait(ecs, FakeClock(), target=1)
     assert "rolled back" not in str(failure.value)
 
 
@@ -157,6 +157,65 @@ def test_a_deleted_service_stops_the_wait():
         stub.add_response("describe_services", {"services": [], "failures": [{"arn": "x", "reason": "MISSING"}]})
         with pytest.raises(UserError, match="is gone from cluster"):
             wait(ecs, FakeClock())
+
+
+def test_a_service_without_a_primary_deployment_is_reported_not_a_crash():
+    ecs = client("ecs")
+    with Stubber(ecs) as stub:
+        stub.add_response("describe_services", services_answer(deployment("old", 4, "ACTIVE", "COMPLETED", 2)))
+        with pytest.raises(UserError, match="no PRIMARY deployment .tweetbot:4 ACTIVE.") as failure:
+            wait(ecs, FakeClock())
+    assert "ECS console" in str(failure.value)
+    with Stubber(ecs) as stub:
+        stub.add_response("describe_services", services_answer())
+        with pytest.raises(UserError, match="no PRIMARY deployment .no deployments at all."):
+            wait(ecs, FakeClock())
+
+
+def test_the_previous_revisions_completed_deployment_is_not_the_rollout():
+    """ECS has not started deploying the new revision yet: its predecessor's COMPLETED is no success."""
+    ecs = client("ecs")
+    clock = FakeClock()
+    previous = services_answer(deployment("old", 1, "PRIMARY", "COMPLETED", 2))
+    with Stubber(ecs) as stub:
+        for _ in range(int(30 / rollout.POLL_S) + 1):
+            stub.add_response("describe_services", previous)
+        with pytest.raises(UserError, match="rollout of tweetbot:2 did not finish in 30 s") as failure:
+            wait(ecs, clock, timeout_s=30, target=2)
+        stub.assert_no_pending_responses()
+    assert "waiting for ECS to start deploying tweetbot:2 (PRIMARY: tweetbot:1: 2/2 running" in str(failure.value)
+
+
+def test_the_new_revision_must_be_primary_as_well_as_completed():
+    ecs = client("ecs")
+    lines: list[str] = []
+    with Stubber(ecs) as stub:
+        stub.add_response("describe_services", services_answer(deployment("old", 1, "PRIMARY", "COMPLETED", 2)))
+        stub.add_response(
+            "describe_services",
+            services_answer(
+                deployment("new", 2, "PRIMARY", "IN_PROGRESS", 1, 1), deployment("old", 1, "ACTIVE", "COMPLETED", 1)
+            ),
+        )
+        stub.add_response("describe_services", services_answer(deployment("new", 2, "PRIMARY", "COMPLETED", 2)))
+        done = rollout.wait_for_rollout(ecs, CLUSTER, SERVICE, ARN.format(2), 600, lines.append, sleep=lambda s: None)
+    assert done["id"] == "new"
+    assert lines[0].startswith("waiting for ECS to start deploying tweetbot:2")
+    assert lines[1:] == [
+        "tweetbot:2: 1/2 running, 1 pending, in progress",
+        "tweetbot:2: 2/2 running, 0 pending, completed",
+    ]
+
+    # A newer deploy took over: the revision we wait for is COMPLETED but no longer PRIMARY.
+    with Stubber(ecs) as stub:
+        stub.add_response(
+            "describe_services",
+            services_answer(
+                deployment("newer", 3, "PRIMARY", "IN_PROGRESS", 0, 2), deployment("new", 2, "ACTIVE", "COMPLETED", 2)
+            ),
+        )
+        with pytest.raises(UserError, match="rollout of tweetbot:2 was replaced by a deployment of tweetbot:3"):
+            wait(ecs, FakeClock(), target=2)
 
 
 def test_the_endpoint_is_the_running_tasks_public_ip_found_through_its_network_interface():
