@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import subprocess
 import sys
+import unicodedata
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -20,7 +22,7 @@ from tweetbot.cli import app
 from tweetbot.params import PreprocessParams
 from tweetbot.posts import make_post, write_posts
 from tweetbot.runtime.errors import UserError
-from tweetbot.runtime.vocab import EOS, UNK, Vocab, render
+from tweetbot.runtime.vocab import EOS, LINK, MENTION, UNK, Vocab, render
 
 
 def post(id: int, text: str, *, retweet: bool = False, reply: bool = False):
@@ -316,3 +318,33 @@ def test_summary_shows_counts_and_examples(corpora, tmp_path):
 
     missing = runner.invoke(app, ["summary", "--processed", str(tmp_path / "nothing")])
     assert isinstance(missing.exception, UserError) and "run `dvc repro` first" in str(missing.exception)
+
+
+# --- the fast paths give what the plain definitions give ----------------------------------------------------
+
+texts = st.lists(st.text(st.characters(codec="utf-8") | st.sampled_from(" \n\t\r&;#@:/.htps")), max_size=20)
+
+
+def clean_every_step(text: str, links: str, mentions: str) -> str:
+    """The cleaning of the module docstring with every step applied to every text (no shortcuts)."""
+    while (unescaped := html.unescape(text)) != text:
+        text = unescaped
+    text = corpus.PRIVATE_USE.sub("", unicodedata.normalize("NFC", text))
+    text = text if links == "keep" else corpus.LINK_PATTERN.sub({"drop": "", "token": LINK}[links], text)
+    text = text if mentions == "keep" else corpus.MENTION_PATTERN.sub({"drop": "", "token": MENTION}[mentions], text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return corpus.LINE_BREAKS.sub("\n", corpus.SPACES.sub(" ", text)).strip()
+
+
+@given(texts, st.sampled_from(["keep", "drop", "token"]), st.sampled_from(["keep", "drop", "token"]))
+def test_clean_text_is_every_step_applied(samples, links, mentions):
+    for text in samples + [f"see https://x.co/{t} @{t}" for t in samples]:
+        assert corpus.clean_text(text, links, mentions) == clean_every_step(text, links, mentions)
+
+
+@given(texts, st.integers(1, 3))
+def test_vocabulary_and_encoding_are_those_of_vocab_one_text_at_a_time(samples, min_count):
+    vocab = corpus.build_vocab(samples, min_count)
+    assert vocab == Vocab.build(samples, min_count)
+    expected = [part for text in samples for part in (vocab.encode(text), [EOS])]
+    assert corpus.encode(samples, vocab).tolist() == (np.concatenate(expected).tolist() if expected else [])

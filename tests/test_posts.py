@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tweetbot.posts import Post, make_post, merge_posts, read_posts, write_posts
+from tweetbot.posts import Post, id_order, make_post, merge_posts, read_posts, write_posts
 from tweetbot.runtime.errors import UserError
 
 
@@ -23,13 +23,15 @@ def post(id: str, text: str = "hello", source: str = "file") -> Post:
         ("1013558869728071685", "1013558869728071685"),
         (1013558869728071685, "1013558869728071685"),
         ("007", "7"),
+        ("AfgBBxbPNWIrAbClMm", "AfgBBxbPNWIrAbClMm"),  # a Pleroma flake id: kept as the server gave it
+        ("01F8MH1H7YV1Z7D2C8K2730QBF", "01F8MH1H7YV1Z7D2C8K2730QBF"),  # a GoToSocial ULID
     ],
 )
-def test_ids_become_canonical_decimal_strings(given_id, expected):
+def test_ids_become_canonical_strings(given_id, expected):
     assert post(given_id).id == expected
 
 
-@pytest.mark.parametrize("bad_id", [1.5, -3, "12a", "", None, True, "１２"])
+@pytest.mark.parametrize("bad_id", [1.5, -3, "", "two words", None, True, "１２", "x" * 257])
 def test_an_impossible_id_is_refused(bad_id):
     with pytest.raises(ValueError, match="id"):
         post(bad_id)
@@ -103,7 +105,7 @@ def test_a_failing_write_leaves_the_old_store_whole(tmp_path):
         (
             '{"id": 1, "created_at": "2018-07-01T00:00:00Z", "text": "x", "is_retweet": false, '
             '"is_reply": false, "source": "file"}',
-            "must be a string",
+            "id 1 must be a string",
         ),
         (
             '{"id": "1", "created_at": "2018-07-01T00:00:00Z", "text": "x", "is_retweet": "no", '
@@ -139,3 +141,36 @@ def test_merge_keeps_both_with_the_new_version_winning():
 def test_merge_is_the_union_of_ids_newest_first(old_ids, new_ids):
     merged = merge_posts([post(str(i)) for i in old_ids], [post(str(i)) for i in new_ids])
     assert [int(p.id) for p in merged] == sorted(set(old_ids) | set(new_ids), reverse=True)
+
+
+def test_ids_of_one_source_sort_by_time_as_mastodon_documents_them():
+    """Longer is newer, then character order: numeric order for decimals, time order for fixed-width codes."""
+    older, newer = "109999999999999999", "110000000000000000"
+    assert id_order(newer) > id_order(older)
+    assert id_order("10") > id_order("9")
+    assert id_order("01F8MH1H7YV1Z7D2C8K2730QBG") > id_order("01F8MH1H7YV1Z7D2C8K2730QBF")
+
+
+def test_the_store_is_newest_first_by_time_across_origins_and_unique_within_each():
+    a = [make_post(id=i, created_at=f"2020-01-0{i}", text=f"a{i}", source="file", origin="file:a.txt") for i in (1, 2)]
+    b = [
+        make_post(id=i, created_at=f"2020-01-0{i + 2}", text=f"b{i}", source="file", origin="file:b.txt")
+        for i in (1, 2)
+    ]
+    merged = merge_posts(a, b)
+    assert [p.text for p in merged] == ["b2", "b1", "a2", "a1"]  # the same ids, two files: nothing lost
+
+
+def test_an_x_post_from_the_api_and_from_the_archive_is_stored_once(tmp_path):
+    from_api = make_post(id="5", created_at="2020-01-01", text="same post", source="x_api", origin="x_api:nasa")
+    from_archive = make_post(
+        id="5", created_at="2020-01-01", text="same post", source="archive", origin="archive:a.zip"
+    )
+    assert merge_posts([from_archive], [from_api]) == [from_api]
+
+
+def test_a_store_written_before_origins_reads_back(tmp_path):
+    path = tmp_path / "tweets.jsonl"
+    record = {"id": "7", "created_at": "2018-07-01T23:04:00Z", "text": "x", "is_retweet": False, "is_reply": False}
+    path.write_text(json.dumps(record | {"source": "x_api"}) + "\n")
+    assert read_posts(path) == [make_post(id="7", created_at="2018-07-01T23:04:00Z", text="x", source="x_api")]

@@ -1,42 +1,69 @@
 """The Post record, the one normalisation every source goes through, and the JSON-lines store of posts.
 
-`data/raw/tweets.jsonl` holds one post a line, newest first, unique by id:
+`data/raw/tweets.jsonl` holds one post a line, newest first:
 
-    {"id": "1013558869728071685", "created_at": "2018-07-01T23:04:00Z", "text": "...",
-     "is_retweet": false, "is_reply": false, "source": "x_api"}
+    {"id":"1013558869728071685","created_at":"2018-07-01T23:04:00Z","text":"...","is_retweet":false,
+     "is_reply":false,"source":"x_api","origin":"x_api:nasa"}
 
-Ids are decimal strings: X ids exceed 2**53, so a JSON number would lose digits in most JSON readers. X ids
-grow with time, so "newest first" is "largest id first". The text is kept as the source gave it (HTML entities
-still escaped); cleaning is preprocess's job.
+`source` is the kind of source (x_api, archive, file, demo, mastodon, bluesky) and `origin` the account or file
+the post came from (`x_api:nasa`, `mastodon:alice@mastodon.social`, `bluesky:did:plc:...`, `file:posts.csv`),
+so one store can hold several accounts. Stores written before `origin` existed read back with it empty.
+
+Ids are strings, as the sources give them: X and Mastodon ids are decimal numbers beyond 2**53 (a JSON number
+would lose digits in most JSON readers), a Bluesky record key (TID) is decoded to its 64-bit number, and other
+servers speaking the Mastodon API use letters (base-62 flake ids, ULIDs). Within one source a newer post has a
+larger id, where "larger" is Mastodon's documented rule for its string ids: longer, or as long and after in
+character order (`id_order`), which for canonical decimals is numeric order. Decimal ids are made canonical
+("007" is "7") so the rule holds.
+
+A post is identified by its id within its id space (`identity`): X ids are unique across X, so the X API, an
+archive and the demo set (X posts) share one space and the same post from two of them is stored once; any other
+origin is a space of its own (two files may both number their rows 1, 2, 3). The store is newest first by time,
+then by id; the text is kept as the source gave it (cleaning is preprocess's job).
 """
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+import msgspec
 
 from tweetbot import atomic
 from tweetbot.runtime.errors import UserError
 
 CLASSIC_TIME_FORMAT = "%a %b %d %H:%M:%S %z %Y"  # v1.1 API and archives: Wed Oct 10 20:19:24 +0000 2018
-FIELDS = ("id", "created_at", "text", "is_retweet", "is_reply", "source")
+X_SOURCES = frozenset({"x_api", "archive", "demo"})  # their ids are X's, unique across all of X
+ID_PATTERN = re.compile(r"[!-~]{1,256}")  # visible ASCII, no spaces: what an id in a URL or a file can be
+STORED_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 
-@dataclass(frozen=True)
-class Post:
-    id: str  # decimal string
-    created_at: str  # ISO 8601 UTC, e.g. "2018-07-01T23:04:00Z"
+class Post(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: str  # canonical: see `normalise_id`
+    created_at: str  # ISO 8601 UTC to the second, e.g. "2018-07-01T23:04:00Z"
     text: str  # as the source gave it
-    is_retweet: bool
+    is_retweet: bool  # a retweet, or a boost / repost
     is_reply: bool
-    source: str  # "x_api" | "archive" | "file" | "demo"
+    source: str  # "x_api" | "archive" | "file" | "demo" | "mastodon" | "bluesky"
+    origin: str = ""  # the account or file, e.g. "mastodon:alice@mastodon.social"
+
+
+FIELDS = Post.__struct_fields__
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(Post)
 
 
 def make_post(
-    *, id: object, created_at: object, text: object, source: str, retweet: bool = False, reply: bool = False
+    *,
+    id: object,
+    created_at: object,
+    text: object,
+    source: str,
+    retweet: bool = False,
+    reply: bool = False,
+    origin: str = "",
 ) -> Post:
     """Normalise one post from any source; a bad field raises ValueError saying which (the caller adds where).
 
@@ -52,18 +79,33 @@ def make_post(
         is_retweet=bool(retweet) or text.startswith("RT @"),
         is_reply=bool(reply),
         source=source,
+        origin=origin,
     )
 
 
 def normalise_id(value: object) -> str:
-    """A post id as a canonical decimal string ("007" and 7 are both "7")."""
+    """A post id as a canonical string: decimals without leading zeros ("007" and 7 are both "7")."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return str(value)
-    if isinstance(value, str) and value.strip().isdecimal() and value.strip().isascii():
-        return str(int(value))
+    if isinstance(value, str):
+        value = value.strip()
+        if value.isdecimal() and value.isascii():
+            return str(int(value))
+        if ID_PATTERN.fullmatch(value):
+            return value
     if isinstance(value, float):
         raise ValueError(f"id {value!r} is a float, which loses digits: write ids as strings")
-    raise ValueError(f"id {value!r} is not a non-negative whole number")
+    raise ValueError(f"id {value!r} is neither a non-negative whole number nor a string of letters and digits")
+
+
+def id_order(post_id: str) -> tuple[int, str]:
+    """The sort key of an id within its source: longer is newer, then character order (Mastodon's rule)."""
+    return len(post_id), post_id
+
+
+def identity(post: Post) -> tuple[str, str]:
+    """What makes a post unique in the store: its id within its id space (see the module docstring)."""
+    return ("x" if post.source in X_SOURCES else post.origin or post.source), post.id
 
 
 def normalise_time(value: object) -> str:
@@ -74,30 +116,35 @@ def normalise_time(value: object) -> str:
         moment = _parse_time(value.strip())
     else:
         raise ValueError(f"created_at {value!r} is not a time")
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.replace(microsecond=0).isoformat() + "Z"  # isoformat: far faster than strftime
 
 
 def _parse_time(text: str) -> datetime:
+    # ISO 8601 first: it is what every API and most exports write, and fromisoformat is fast
     try:
-        return datetime.strptime(text, CLASSIC_TIME_FORMAT)
+        return datetime.fromisoformat(text)
     except ValueError:
         pass
     try:
-        return datetime.fromisoformat(text)
+        return datetime.strptime(text, CLASSIC_TIME_FORMAT)
     except ValueError:
         raise ValueError(f"created_at {text!r} is neither ISO 8601 nor like 'Wed Oct 10 20:19:24 +0000 2018'") from None
 
 
 def newest_first(posts: Iterable[Post]) -> list[Post]:
-    """Unique by id (a later post replaces an earlier one with the same id), largest id first."""
-    by_id = {post.id: post for post in posts}
-    return sorted(by_id.values(), key=lambda post: int(post.id), reverse=True)
+    """Unique by identity (a later post replaces an earlier one), newest first: by time, then by id."""
+    by_identity = {identity(post): post for post in posts}
+    return sorted(by_identity.values(), key=_time_then_id, reverse=True)
+
+
+def _time_then_id(post: Post) -> tuple[str, int, str]:
+    return post.created_at, len(post.id), post.id
 
 
 def merge_posts(old: Iterable[Post], new: Iterable[Post]) -> list[Post]:
-    """Old and new together, unique by id (the new version wins), newest first."""
+    """Old and new together, unique by identity (the new version wins), newest first."""
     return newest_first([*old, *new])
 
 
@@ -106,45 +153,60 @@ def read_posts(path: Path) -> list[Post]:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} not found: run `dvc repro fetch` first")
-    posts = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
+    data = path.read_bytes()
+    try:
+        posts = _DECODER.decode_lines(data)  # the whole store at C speed
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        posts = None
+    if posts is None or not all(map(_as_written, posts)):
+        posts = []  # edited by hand, or damaged: line by line, to name the line that is wrong
+        for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
             try:
-                posts.append(_post_from_line(line))
+                if line.strip():
+                    posts.append(_post_from_line(line))
             except ValueError as error:
                 raise UserError(f"{path}:{number}: {error}: delete {path} and fetch again") from None
     return newest_first(posts)
 
 
+def _as_written(post: Post) -> bool:
+    """Whether a decoded post is in the canonical form `write_posts` writes (so it needs no normalising)."""
+    post_id = post.id
+    canonical_decimal = post_id.isdecimal() and post_id.isascii() and (post_id[0] != "0" or post_id == "0")
+    return STORED_TIME.fullmatch(post.created_at) is not None and (
+        canonical_decimal or normalise_id(post_id) == post_id
+    )
+
+
 def _post_from_line(line: str) -> Post:
+    """One stored line checked field by field, for an error message that names what is wrong."""
     try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"not valid JSON ({error.msg} at column {error.colno})") from None
-    if not isinstance(record, dict) or set(record) != set(FIELDS):
+        record = msgspec.json.decode(line)
+    except msgspec.DecodeError as error:
+        raise ValueError(f"not valid JSON ({error})") from None
+    if not isinstance(record, dict) or not set(FIELDS) - {"origin"} <= set(record) <= set(FIELDS):
         raise ValueError(f"expected an object with exactly the keys {', '.join(FIELDS)}")
     for flag in ("is_retweet", "is_reply"):
         if not isinstance(record[flag], bool):
             raise ValueError(f"{flag} is {record[flag]!r}, expected true or false")
-    if not isinstance(record["id"], str):
-        raise ValueError(f"id {record['id']!r} must be a string")
+    for key in ("id", "text", "source", "origin"):
+        if not isinstance(record.get(key, ""), str):
+            raise ValueError(f"{key} {record[key]!r} must be a string")
     return make_post(
         id=record["id"],
         created_at=record["created_at"],
         text=record["text"],
-        source=str(record["source"]),
+        source=record["source"],
         retweet=record["is_retweet"],
         reply=record["is_reply"],
+        origin=record.get("origin", ""),
     )
 
 
 def write_posts(path: Path, posts: Iterable[Post]) -> None:
-    """Replace the store at `path` with `posts`, unique by id and newest first, atomically.
+    """Replace the store at `path` with `posts`, unique by identity and newest first, atomically.
 
     The file is written beside its destination and renamed over it, so a reader (or a kill) sees either the
     old file or the new one, never half of one.
     """
-    lines = "".join(json.dumps(asdict(post), ensure_ascii=False) + "\n" for post in newest_first(posts))
-    atomic.write_text(Path(path), lines)
+    atomic.write_bytes(Path(path), _ENCODER.encode_lines(newest_first(posts)))
