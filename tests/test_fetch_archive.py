@@ -87,7 +87,8 @@ def test_single_file_in_the_real_shape(tmp_path):
     fetch.run(FetchParams(source="archive", path=str(tweets)), out)
 
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [row["id"] for row in rows] == sorted((row["id"] for row in rows), key=int, reverse=True)
+    newest_first = sorted(rows, key=lambda row: (row["created_at"], int(row["id"])), reverse=True)
+    assert [row["id"] for row in rows] == [row["id"] for row in newest_first]
     by_text = {row["text"]: row for row in rows}
     assert by_text["RT @NASA_Johnson: shared 5"]["is_retweet"] is True
     assert by_text["post 4 &amp; more"]["is_reply"] is True  # in_reply_to_status_id_str; entities stay escaped
@@ -98,6 +99,7 @@ def test_single_file_in_the_real_shape(tmp_path):
         "is_retweet": False,
         "is_reply": False,
         "source": "archive",
+        "origin": f"archive:{tweets}",
     }
 
 

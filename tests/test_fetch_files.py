@@ -32,6 +32,7 @@ def test_jsonl_with_string_and_number_ids_both_time_formats_and_extra_keys(tmp_p
 
     fetch.run(FetchParams(source="file", path=str(source)), out)
 
+    origin = {"origin": f"file:{source}"}
     assert [json.loads(line) for line in out.read_text().splitlines()] == [
         {
             "id": "1013558869728071685",
@@ -40,7 +41,8 @@ def test_jsonl_with_string_and_number_ids_both_time_formats_and_extra_keys(tmp_p
             "is_retweet": False,
             "is_reply": False,
             "source": "file",
-        },
+        }
+        | origin,
         {
             "id": "42",
             "created_at": "2017-01-02T01:04:05Z",
@@ -48,7 +50,8 @@ def test_jsonl_with_string_and_number_ids_both_time_formats_and_extra_keys(tmp_p
             "is_retweet": False,
             "is_reply": True,
             "source": "file",
-        },
+        }
+        | origin,
         {
             "id": "7",
             "created_at": "2017-01-01T00:00:00Z",
@@ -56,7 +59,8 @@ def test_jsonl_with_string_and_number_ids_both_time_formats_and_extra_keys(tmp_p
             "is_retweet": True,
             "is_reply": False,
             "source": "file",
-        },
+        }
+        | origin,
     ]
 
 
@@ -69,7 +73,13 @@ def test_a_fetched_output_reads_back_as_a_file_with_its_flags(tmp_path):
 
     fetch.run(FetchParams(source="file", path=str(first)), again)
 
-    assert again.read_text() == first.read_text()
+    without_origin = [
+        {k: v for k, v in json.loads(line).items() if k != "origin"} for line in first.read_text().splitlines()
+    ]
+    assert [
+        {k: v for k, v in json.loads(line).items() if k != "origin"} for line in again.read_text().splitlines()
+    ] == without_origin
+    assert read_posts(again)[0].origin == f"file:{first}"  # the file is where these posts now come from
     assert read_posts(again)[0].is_reply is False  # the flag given wins over the leading "@"
 
 
@@ -133,8 +143,8 @@ def test_tiny_shakespeare_becomes_a_corpus_of_paragraphs(corpora, tmp_path):
         ),
         (
             "bad.jsonl",
-            '{"id": "x1", "created_at": "2018-07-01", "text": "x"}\n',
-            r"bad.jsonl:1: id 'x1' is not",
+            '{"id": "two words", "created_at": "2018-07-01", "text": "x"}\n',
+            r"bad.jsonl:1: id 'two words' is neither",
         ),
         ("bad.jsonl", '["id", "created_at", "text"]\n', r"bad.jsonl:1: expected a JSON object"),
         ("bad.csv", "id,text\n1,hello\n", r"bad.csv: the header row has no column created_at"),

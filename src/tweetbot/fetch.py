@@ -1,41 +1,46 @@
-"""The fetch stage: collect posts from the source params.yaml `fetch:` names into one JSON-lines file.
+"""The fetch stage: collect the posts of the accounts and files params.yaml `fetch:` names into one JSON-lines file.
 
-Every source goes through `posts.make_post` and `posts.write_posts`, is filtered by `include_retweets` and
-`include_replies`, and keeps its newest `max_posts`.
+`fetch:` names one source (`source:` with its `handle` or `path`), or several in `sources:`, merged into one
+file; each post records its `origin` (the account or file). Every source goes through `posts.make_post` and
+`posts.write_posts`, is filtered by `include_retweets` and `include_replies`, and keeps its newest `max_posts`.
 
-The archive, file and demo sources are read whole: they replace the output, and a malformed input leaves the
-previous output untouched. The X API source is incremental: it extends the output page by page (writing it
-atomically after every page, so a kill loses at most one page) and merges by id.
+The archive, file and demo sources are read whole, before the output is touched: they replace their own posts
+in the output, and a malformed input leaves the previous output untouched. The X API, Mastodon and Bluesky
+sources are incremental (`tweetbot.sources.timeline`): they extend the output page by page, writing it
+atomically after each page (so a kill loses at most one page), and merge by id.
 
-Which posts the output holds is recorded beside it, in `<output stem>.state.json`
-(`data/raw/tweets.state.json`): the source and, for the X API, the handle, the filters, and how far the
+Which posts the output holds is recorded beside it, in `<output stem>.state.json` (`data/raw/tweets.state.json`),
+keyed by origin. For an incremental source it holds the settings its posts depend on (`query`) and how far the
 fetch got:
 
-- `complete_through`: every post up to this id has been fetched, so the next run asks only for newer posts
-  (`since_id`);
-- `resume_until`: a run was interrupted after fetching down to this id, so the next run first fetches the gap
-  between `complete_through` and it (`until_id`), then what is new.
+- `complete_through`: every post up to this id has been fetched, so the next run asks only for newer ones;
+- `resume`: a run was interrupted after the page this token continues from, so the next run first fetches the
+  gap between `complete_through` and it, then what is new;
+- `history`: "done" once an older-posts pass (Bluesky's repository) finished or was not needed; else its token.
 
-The X API merges only into an output of the same handle: after the demo, an archive or another account it
-starts afresh, so two accounts never mix. After a change of filters or `max_posts` it keeps the posts it has
-but asks for the whole timeline again. The state is written after the posts, and removed before a fresh start,
-so a kill between the two writes at worst makes the next run ask for a page again.
+Posts of an origin no longer listed are dropped, so two accounts never mix unless asked to. After a change of
+filters or `max_posts` a source keeps its posts but asks for the whole timeline again. The state is written
+after the posts, so a kill between the two writes at worst makes the next run ask for a page again.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tqdm import tqdm
 
 from tweetbot import atomic
-from tweetbot.params import FetchParams
-from tweetbot.posts import Post, merge_posts, newest_first, read_posts, write_posts
+from tweetbot.params import FetchParams, FetchSource
+from tweetbot.posts import Post, id_order, newest_first, read_posts, write_posts
 from tweetbot.runtime.errors import UserError
-from tweetbot.sources import archive, demo, files, x_api
-from tweetbot.sources.x_api import API_CAP
+from tweetbot.sources.timeline import Timeline
+
+INCREMENTAL = ("x_api", "mastodon", "bluesky")
+SLOW_WRITE_S = 0.2  # a store that takes longer than this to write is written at most every 10 writes' time
 
 
 def run(p: FetchParams, out: Path) -> None:
@@ -43,135 +48,229 @@ def run(p: FetchParams, out: Path) -> None:
     out = Path(out)
     if p.max_posts is not None and p.max_posts < 1:
         raise UserError(f"fetch.max_posts is {p.max_posts}: use a positive number, or null for all")
-    if p.source == "x_api":
-        _fetch_x_api(p, out)
-        return
-    posts = _read_whole_source(p)  # everything is parsed before the output is touched
-    state_path(out).unlink(missing_ok=True)
+    entries = p.entries()
+    whole, timelines, origins = (
+        {},
+        [],
+        [],
+    )  # every file is parsed, every account looked up, before the output is touched
+    for entry in entries:
+        if entry.source in INCREMENTAL:
+            timelines.append(_open_timeline(entry, p))
+            origins.append(timelines[-1].origin)
+        else:
+            origin, whole[origin] = _read_whole_source(entry, p)
+            origins.append(origin)
+    if len(set(origins)) < len(origins):
+        raise UserError("fetch.sources lists the same account or file twice: remove one of them")
+    names = {timeline.origin: timeline.name for timeline in timelines} | {origin: origin for origin in whole}
+    store = Store(out, origins, names)
+    for origin, posts in whole.items():
+        store.replace(origin, posts, {})
+        _say(f"{out}: {_describe(select(posts, p))} from {origin}")
+    store.save(p, force=True)
+    for timeline in timelines:
+        _follow(timeline, store, p)
+
+
+def _open_timeline(entry: FetchSource, p: FetchParams) -> Timeline:
+    if entry.source == "x_api":
+        from tweetbot.sources.x_api import XTimeline
+
+        if entry.api_url:
+            raise UserError("fetch.api_url is not for the X API (tweepy talks to api.twitter.com): remove it")
+        options = {"include_retweets": p.include_retweets, "include_replies": p.include_replies}
+        return XTimeline(entry.handle, max_posts=p.max_posts, say=_say, **options)
+    if entry.source == "mastodon":
+        from tweetbot.sources.mastodon import MastodonTimeline
+
+        options = {"include_retweets": p.include_retweets, "include_replies": p.include_replies}
+        return MastodonTimeline(
+            entry.handle, api_url=entry.api_url, content_warnings=p.content_warnings, say=_say, **options
+        )
+    from tweetbot.sources.bluesky import BlueskyTimeline
+
+    return BlueskyTimeline(entry.handle, api_url=entry.api_url, say=_say)
+
+
+def _read_whole_source(entry: FetchSource, p: FetchParams) -> tuple[str, list[Post]]:
+    from tweetbot.sources import archive, demo, files
+
+    if entry.source == "demo":
+        return "demo", demo.read_demo()
+    if not entry.path:
+        raise UserError(f"fetch.path is not set: name your {entry.source} in params.yaml (source: {entry.source})")
+    origin = f"{entry.source}:{entry.path}"
+    if entry.source == "archive":
+        posts = archive.read_archive(Path(entry.path))
+    else:
+        posts = files.read_file(Path(entry.path), strict=p.strict, say=_say)
+    return origin, [_with_origin(post, origin) for post in posts]
+
+
+def _with_origin(post: Post, origin: str) -> Post:
+    return Post(post.id, post.created_at, post.text, post.is_retweet, post.is_reply, post.source, origin)
+
+
+def select(posts: Iterable[Post], p: FetchParams) -> list[Post]:
+    """The posts the params ask for: filtered, unique, newest first, at most `max_posts` of each origin."""
+    kept, per_origin = [], {}
+    for post in newest_first(posts):
+        if (p.include_retweets or not post.is_retweet) and (p.include_replies or not post.is_reply):
+            count = per_origin[post.origin] = per_origin.get(post.origin, 0) + 1
+            if p.max_posts is None or count <= p.max_posts:
+                kept.append(post)
+    return kept
+
+
+class Store:
+    """The output and its state: the posts of each origin, and how far each incremental fetch got."""
+
+    def __init__(self, out: Path, origins: list[str], names: dict[str, str]):
+        self.out, self.names = out, names
+        state, legacy_origin = _read_state(out)
+        if out.exists() and set(state) & set(origins):
+            posts = read_posts(out)
+            if legacy_origin:  # written before posts had origins: they are all the one source's
+                posts = [post if post.origin else _with_origin(post, legacy_origin) for post in posts]
+        else:
+            posts = []
+        self.posts: dict[str, list[Post]] = {origin: [] for origin in origins}
+        for post in posts:
+            if post.origin in self.posts:
+                self.posts[post.origin].append(post)
+        self.state = {origin: state[origin] for origin in origins if origin in state}
+        dropped = [names.get(origin, origin) for origin in state if origin not in self.posts]
+        if out.exists() and dropped and not self.state:
+            _say(f"{out} holds posts of {', '.join(dropped)}: replacing them with the posts of {_list(names)}")
+        elif dropped:
+            _say(f"{out}: dropping the posts of {', '.join(dropped)}, which fetch no longer lists")
+        self.last_write_s, self.written_at = 0.0, 0.0
+
+    def replace(self, origin: str, posts: list[Post], state: dict) -> None:
+        self.posts[origin], self.state[origin] = posts, state
+
+    def save(self, p: FetchParams, force: bool = False) -> None:
+        """Write the posts, then the state; a large store is written less often (see SLOW_WRITE_S)."""
+        if (
+            not force
+            and self.last_write_s > SLOW_WRITE_S
+            and time.monotonic() - self.written_at < 10 * self.last_write_s
+        ):
+            return
+        started = time.monotonic()
+        write_posts(self.out, select([post for posts in self.posts.values() for post in posts], p))
+        _write_state(self.out, {"sources": self.state})
+        self.written_at = time.monotonic()
+        self.last_write_s = self.written_at - started
+
+
+def _follow(timeline: Timeline, store: Store, p: FetchParams) -> None:
+    """Bring one incremental source up to date in `store`: the gap an interrupted run left, then what is new."""
+    origin = timeline.origin
+    state = store.state.get(origin, {})
+    if state and state.get("query") != timeline.query:
+        _say(f"fetch params changed since the last fetch of {timeline.name}: asking for the whole timeline again")
+        state = {}
+    posts = {post.id: post for post in store.posts[origin]}
+    complete_through, resume, history = state.get("complete_through"), state.get("resume"), state.get("history")
+    from_scratch, received = complete_through is None, 0
+
+    def save(force: bool = False) -> None:
+        newest_kept = {"complete_through": complete_through, "resume": resume, "history": history}
+        store.replace(origin, list(posts.values()), {"query": timeline.query, **newest_kept})
+        store.save(p, force=force)
+
+    def walk(pages, on_page: Callable[[str | None], None]) -> bool:
+        """Merge page after page, saving after each; True if `max_posts` made the rest moot."""
+        nonlocal received
+        for page in pages:
+            received += len(page.posts)
+            bar.update(len(page.posts))
+            posts.update((post.id, post) for post in page.posts)
+            on_page(page.resume)
+            save()
+            if _have_newest(posts.values(), p, page.posts[-1].id):
+                return True
+        return False
+
+    def set_resume(token: str | None) -> None:
+        nonlocal resume
+        resume = token
+
+    def set_history(token: str | None) -> None:
+        nonlocal history
+        history = token or "done"
+
+    def newest() -> str | None:
+        return max(posts, key=id_order, default=None) or complete_through
+
+    expected = [timeline.post_count, timeline.cap, p.max_posts] if from_scratch else []
+    total = min((n for n in expected if n is not None), default=None) if from_scratch else None
+    with tqdm(total=total, unit=" posts", desc=timeline.name, file=sys.stderr) as bar:
+        if resume:  # an interrupted run left a gap between complete_through and resume
+            walk(timeline.pages(since_id=complete_through, resume=resume), set_resume)
+            complete_through, resume = newest(), None
+            save(force=True)
+        stopped_early = walk(timeline.pages(since_id=complete_through, resume=None), set_resume)
+        complete_through, resume = newest(), None
+        save(force=True)
+        if history != "done" and not stopped_early:
+            own = sum(not post.is_retweet for post in posts.values())
+            pages = timeline.history(own, history)
+            if pages is not None:
+                walk(pages, set_history)
+            history = "done"
+            save(force=True)
+    note = None if stopped_early else timeline.missing(received, from_scratch)
+    if note:
+        _say(note)
+    kept = select(posts.values(), p)
+    _say(f"{store.out}: {_describe(kept)} of {timeline.name} ({received:,} new from {timeline.origin.split(':')[0]})")
+
+
+def _have_newest(posts: Iterable[Post], p: FetchParams, oldest_asked: str) -> bool:
+    """Whether the newest `max_posts` are all newer than anything still to come (so going on is moot)."""
+    if p.max_posts is None:
+        return False
     kept = select(posts, p)
-    write_posts(out, kept)
-    _write_state(out, {"source": p.source, "path": p.path} if p.path else {"source": p.source})
-    _say(f"{out}: {_describe(kept)} from {p.source}{f' {p.path}' if p.path else ''}")
-
-
-def _read_whole_source(p: FetchParams) -> list[Post]:
-    if p.source == "demo":
-        return demo.read_demo()
-    if not p.path:
-        raise UserError(f"fetch.path is not set: name your {p.source} in params.yaml (source: {p.source})")
-    if p.source == "archive":
-        return archive.read_archive(Path(p.path))
-    return files.read_file(Path(p.path))
-
-
-def select(posts: list[Post], p: FetchParams) -> list[Post]:
-    """The posts the params ask for: filtered, unique by id, newest first, at most `max_posts`."""
-    kept = [
-        post
-        for post in posts
-        if (p.include_retweets or not post.is_retweet) and (p.include_replies or not post.is_reply)
-    ]
-    return newest_first(kept)[: p.max_posts]
+    return len(kept) == p.max_posts and id_order(kept[-1].id) >= id_order(oldest_asked)
 
 
 def state_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.state.json")
 
 
-def _fetch_x_api(p: FetchParams, out: Path) -> None:
-    handle = x_api.clean_handle(p.handle)
-    client = x_api.connect()
-    account = x_api.find_account(client, handle, say=_say)  # an unknown handle leaves the output untouched
-
-    state = _read_state(out)
-    query = {
-        "include_retweets": p.include_retweets,
-        "include_replies": p.include_replies,
-        "max_posts": p.max_posts,
-    }
-    if state.get("source") == "x_api" and state.get("handle") == handle.lower() and out.exists():
-        posts = read_posts(out)
-        if state.get("query") != query:
-            _say(f"fetch params changed since the last fetch of @{handle}: asking for the whole timeline again")
-            state = {}
-    else:
-        if out.exists():
-            _say(f"{out} holds posts of {_origin(state)}: replacing them with the posts of @{handle}")
-        state_path(out).unlink(missing_ok=True)  # from here on, the output is not the old source's
-        posts, state = [], {}
-    complete_through, resume_until = state.get("complete_through"), state.get("resume_until")
-
-    def save(resume_until: str | None) -> None:
-        write_posts(out, select(posts, p))
-        _write_state(
-            out,
-            {
-                "source": "x_api",
-                "handle": handle.lower(),
-                "query": query,
-                "complete_through": complete_through,
-                "resume_until": resume_until,
-            },
-        )
-
-    def fetch_range(since_id: str | None, until_id: str | None) -> bool:
-        """Fetch one range of ids page by page, saving after each; True if `max_posts` made the rest moot."""
-        nonlocal posts, received
-        options = {"include_retweets": p.include_retweets, "include_replies": p.include_replies}
-        for page in x_api.pages(client, account, since_id=since_id, until_id=until_id, say=_say, **options):
-            if not page:
-                continue
-            received += len(page)
-            bar.update(len(page))
-            posts = merge_posts(posts, page)
-            save(resume_until=page[-1].id)
-            if _have_newest(posts, p, page[-1].id):
-                return True
-        return False
-
-    from_scratch, received = complete_through is None, 0
-    expected = min(account.post_count or API_CAP, API_CAP, p.max_posts or API_CAP) if from_scratch else None
-    with tqdm(total=expected, unit=" posts", desc=f"@{handle}", file=sys.stderr) as bar:
-        if resume_until:  # an interrupted run left a gap between complete_through and resume_until
-            fetch_range(since_id=complete_through, until_id=resume_until)
-            complete_through = posts[0].id if posts else complete_through
-            save(resume_until=None)
-        stopped_early = fetch_range(since_id=complete_through, until_id=None)
-        complete_through = posts[0].id if posts else complete_through
-        save(resume_until=None)
-    if not stopped_early and (received >= API_CAP or (from_scratch and (account.post_count or 0) > API_CAP)):
-        count = f"{account.post_count:,}" if account.post_count else "more"
-        _say(
-            f"the X API gives only the newest {API_CAP:,} posts of an account and @{handle} has {count}: "
-            f"older ones are missing; for all of them, use the account's X archive (fetch.source: archive)"
-        )
-    _say(f"{out}: {_describe(select(posts, p))} of @{account.username} ({received:,} new from the X API)")
-
-
-def _have_newest(posts: list[Post], p: FetchParams, oldest_asked: str) -> bool:
-    """Whether the newest `max_posts` are all newer than anything still to come (so going on is moot)."""
-    if p.max_posts is None:
-        return False
-    kept = select(posts, p)
-    return len(kept) == p.max_posts and int(kept[-1].id) >= int(oldest_asked)
-
-
-def _read_state(out: Path) -> dict:
+def _read_state(out: Path) -> tuple[dict[str, dict], str | None]:
+    """The state by origin, and the one origin of a state written before several sources (else None)."""
     try:
         state = json.loads(state_path(out).read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
-        return {}  # no state, or a damaged one: the output's origin is unknown, so start afresh
-    return state if isinstance(state, dict) else {}
+        return {}, None  # no state, or a damaged one: the output's origin is unknown, so start afresh
+    if not isinstance(state, dict):
+        return {}, None
+    if isinstance(state.get("sources"), dict):
+        return {key: value for key, value in state["sources"].items() if isinstance(value, dict)}, None
+    # Written by an earlier version for one source: {"source": "x_api", "handle": ..., "resume_until": ...}
+    source = state.get("source")
+    if source == "x_api" and state.get("handle"):
+        origin = f"x_api:{state['handle']}"
+        keys = {"query": state.get("query"), "complete_through": state.get("complete_through")}
+        return {origin: keys | {"resume": state.get("resume_until"), "history": "done"}}, origin
+    if source in ("archive", "file") and state.get("path"):
+        origin = f"{source}:{state['path']}"
+        return {origin: {}}, origin
+    if source == "demo":
+        return {"demo": {}}, "demo"
+    return {}, None
 
 
 def _write_state(out: Path, state: dict) -> None:
     atomic.write_text(state_path(out), json.dumps(state, indent=2) + "\n")
 
 
-def _origin(state: dict) -> str:
-    if state.get("source") == "x_api":
-        return f"@{state.get('handle')}"
-    return state.get("source") or "an unknown source"
+def _list(names: dict[str, str]) -> str:
+    return ", ".join(names.values())
 
 
 def _describe(posts: list[Post]) -> str:

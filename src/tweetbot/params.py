@@ -22,14 +22,47 @@ from tweetbot.runtime.errors import UserError
 PARAMS_FILE = Path("params.yaml")
 
 
+SourceKind = Literal["demo", "x_api", "archive", "file", "mastodon", "bluesky"]
+
+
+@dataclass(frozen=True)
+class FetchSource:
+    """One account or file to fetch: the whole `fetch:` section, or one entry of its `sources:` list."""
+
+    source: SourceKind = "demo"
+    handle: str | None = None  # x_api: NASA; mastodon: user@server; bluesky: name.bsky.social or a DID
+    path: str | None = None  # archive: tweets.js, a folder of parts, or the .zip; file: .jsonl, .csv or .txt
+    api_url: str | None = None  # the server to talk to instead of the default (a mirror, a self-hosted server)
+
+
 @dataclass(frozen=True)
 class FetchParams:
-    source: Literal["demo", "x_api", "archive", "file"] = "demo"
-    handle: str | None = None  # the account, for x_api (with or without the @)
-    path: str | None = None  # the archive (tweets.js, a folder of parts, or the .zip) or the file
-    include_retweets: bool = True
+    source: SourceKind = "demo"
+    handle: str | None = None  # the account, for x_api, mastodon and bluesky (see FetchSource)
+    path: str | None = None  # the archive or the file
+    api_url: str | None = None  # mastodon: https://SERVER by default; bluesky: the public AppView
+    sources: list = dataclasses.field(default_factory=list)  # several FetchSource entries into one posts file
+    include_retweets: bool = True  # retweets, boosts and reposts
     include_replies: bool = True
-    max_posts: int | None = None  # None: as many as the source gives (the X API caps at the newest 3,200)
+    content_warnings: Literal["keep", "drop"] = "keep"  # mastodon: a content warning as the first paragraph, or not
+    max_posts: int | None = None  # per account: None is as many as the source gives (X: the newest 3,200)
+    strict: bool = False  # files: one bad row refuses the whole file (default: skip it, with a warning)
+
+    def entries(self) -> list[FetchSource]:
+        """The accounts and files to fetch: the `sources:` list, or the section's own source."""
+        if not self.sources:
+            return [FetchSource(self.source, self.handle, self.path, self.api_url)]
+        if self.source != "demo" or self.handle or self.path or self.api_url:
+            raise UserError(
+                "params.yaml: `fetch.sources` lists the accounts, so `fetch.source`, `handle`, `path` and `api_url` "
+                "must be left out: move them into an entry of the list"
+            )
+        entries = []
+        for number, entry in enumerate(self.sources, start=1):
+            if not isinstance(entry, dict) or "source" not in entry:
+                raise UserError(f"params.yaml: fetch.sources entry {number} must be a mapping with a `source:` key")
+            entries.append(_from_values(f"fetch.sources[{number}]", FetchSource, entry))
+        return entries
 
 
 @dataclass(frozen=True)
@@ -161,15 +194,18 @@ def load(section: str, path: Path | str = PARAMS_FILE):
 
 def from_mapping(section: str, values: dict[str, Any]):
     """Build the dataclass of `section` from a mapping, checking every key and value."""
-    cls = SECTIONS[section]
     if not isinstance(values, dict):
         raise UserError(f"params.yaml: `{section}:` must be a mapping of keys to values")
+    return _from_values(section, SECTIONS[section], values)
+
+
+def _from_values(name: str, cls: type, values: dict[str, Any]):
     fields = {field.name: field for field in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key, value in values.items():
         if key not in fields:
-            raise UserError(_unknown_message(f"params.yaml: unknown key `{section}.", key, fields, close="`"))
-        _check_type(f"{section}.{key}", value, hints[key])
+            raise UserError(_unknown_message(f"params.yaml: unknown key `{name}.", key, fields, close="`"))
+        _check_type(f"{name}.{key}", value, hints[key])
     return cls(**values)
 
 

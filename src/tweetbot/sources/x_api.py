@@ -20,6 +20,7 @@ import tweepy
 
 from tweetbot.posts import Post, make_post
 from tweetbot.runtime.errors import UserError
+from tweetbot.sources.timeline import Page
 
 TOKEN_VARIABLES = ("X_BEARER_TOKEN", "TWITTER_BEARER_TOKEN")
 API_CAP = 3200  # the timeline endpoint's limit: the newest 3,200 posts of an account
@@ -80,6 +81,7 @@ def pages(
     until_id: str | None = None,
     include_retweets: bool = True,
     include_replies: bool = True,
+    origin: str = "",
     say: Callable[[str], None] = print,
 ) -> Iterator[list[Post]]:
     """The account's posts newer than `since_id` and older than `until_id`, a page at a time, newest first."""
@@ -97,10 +99,51 @@ def pages(
         )
     )
     while (response := _ask(lambda: next(responses, None), say)) is not None:
-        yield [post_from_tweet(tweet.data) for tweet in response.data or []]
+        yield [post_from_tweet(tweet.data, origin) for tweet in response.data or []]
 
 
-def post_from_tweet(tweet: dict) -> Post:
+class XTimeline:
+    """An account's timeline as `tweetbot.sources.timeline.Timeline`: `resume` is the `until_id` of the next page."""
+
+    cap = API_CAP
+
+    def __init__(
+        self,
+        handle: str | None,
+        *,
+        include_retweets: bool = True,
+        include_replies: bool = True,
+        max_posts: int | None = None,
+        say: Callable[[str], None] = print,
+    ):
+        name = clean_handle(handle)
+        self.client = connect()
+        self.account = find_account(self.client, name, say=say)  # an unknown handle leaves the output untouched
+        self.name, self.origin, self.post_count = f"@{name}", f"x_api:{name.lower()}", self.account.post_count
+        self.options = {"include_retweets": include_retweets, "include_replies": include_replies}
+        self.query = self.options | {"max_posts": max_posts}
+        self.say = say
+
+    def pages(self, since_id: str | None, resume: str | None) -> Iterator[Page]:
+        asked = {"since_id": since_id, "until_id": resume, "origin": self.origin, "say": self.say, **self.options}
+        for page in pages(self.client, self.account, **asked):
+            if page:
+                yield Page(page, resume=page[-1].id)
+
+    def history(self, have: int, resume: str | None) -> None:
+        return None
+
+    def missing(self, received: int, from_scratch: bool) -> str | None:
+        if received < API_CAP and not (from_scratch and (self.post_count or 0) > API_CAP):
+            return None
+        count = f"{self.post_count:,}" if self.post_count else "more"
+        return (
+            f"the X API gives only the newest {API_CAP:,} posts of an account and {self.name} has {count}: "
+            f"older ones are missing; for all of them, use the account's X archive (fetch.source: archive)"
+        )
+
+
+def post_from_tweet(tweet: dict, origin: str = "") -> Post:
     """A Post from the API's JSON for one post (`tweepy.Tweet.data`)."""
     kinds = {reference.get("type") for reference in tweet.get("referenced_tweets") or []}
     note = tweet.get("note_tweet") or {}  # a post over 280 characters: `text` is cut, the note whole
@@ -109,6 +152,7 @@ def post_from_tweet(tweet: dict) -> Post:
         created_at=tweet["created_at"],
         text=note.get("text") or tweet["text"],
         source="x_api",
+        origin=origin,
         retweet="retweeted" in kinds,
         reply="replied_to" in kinds or tweet.get("in_reply_to_user_id") is not None,
     )
