@@ -48,13 +48,11 @@ def run(p: FetchParams, out: Path) -> None:
     out = Path(out)
     if p.max_posts is not None and p.max_posts < 1:
         raise UserError(f"fetch.max_posts is {p.max_posts}: use a positive number, or null for all")
-    entries = p.entries()
-    whole, timelines, origins = (
-        {},
-        [],
-        [],
-    )  # every file is parsed, every account looked up, before the output is touched
-    for entry in entries:
+    # Every file is parsed, and every account looked up, before the output is touched.
+    whole: dict[str, list[Post]] = {}
+    timelines: list[Timeline] = []
+    origins: list[str] = []
+    for entry in p.entries():
         if entry.source in INCREMENTAL:
             timelines.append(_open_timeline(entry, p))
             origins.append(timelines[-1].origin)
