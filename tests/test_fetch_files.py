@@ -192,8 +192,9 @@ def test_filters_and_max_posts_apply_to_files(tmp_path):
 
 
 def test_demo_reads_the_data_in_the_repository(monkeypatch, tmp_path):
-    monkeypatch.chdir(REPO)
-    out = tmp_path / "tweets.jsonl"
+    shutil.copytree(REPO / "data" / "demo", tmp_path / "data" / "demo")
+    monkeypatch.chdir(tmp_path)  # the demo source reads data/demo/ from where the pipeline runs
+    out = tmp_path / "out" / "tweets.jsonl"
 
     fetch.run(FetchParams(), out)
 

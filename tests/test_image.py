@@ -235,15 +235,16 @@ def test_build_passes_the_ca_bundle_as_a_secret_only(tmp_path, name, verb):
 
 def test_stage_without_builder_exits_2_with_one_line(tmp_path):
     bundle = make_repo(tmp_path / "repo") / "models/export"
+    (tmp_path / "params.yaml").write_text("image:\n  builder: auto\n")
     done = subprocess.run(
         [
             sys.executable,
-            "stages/image.py",
+            str(REPO / "stages/image.py"),
             str(bundle),
             str(tmp_path / "image"),
             str(tmp_path / "image.json"),
         ],
-        cwd=REPO,
+        cwd=tmp_path,
         env={**os.environ, "PATH": str(tmp_path / "empty")},
         capture_output=True,
         text=True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import REPO
+from tests.pipeline import source_tree
 from tweetbot import params
 from tweetbot.runtime.errors import UserError
 
@@ -27,7 +27,7 @@ def test_missing_section_is_all_defaults(tmp_path):
 
 def test_repository_params_file_loads_every_section():
     for section in params.SECTIONS:
-        params.load(section, REPO / "params.yaml")
+        params.load(section, source_tree() / "params.yaml")  # the working tree's params.yaml, not the workspace's
 
 
 def test_unknown_key_suggests_the_close_one(tmp_path):
