@@ -43,7 +43,9 @@ def read_layout(layout: Path) -> OciImage:
     """The single-platform image in an OCI layout, every blob checked against its digest."""
     index_file = layout / "index.json"
     if not index_file.exists():
-        raise UserError(f"{layout} is not an OCI image layout (no index.json): run `dvc repro image` first")
+        raise UserError(
+            f"{layout} is not an OCI image layout (no index.json): run `dvc repro deploy/dvc.yaml:image` first"
+        )
     manifests = json.loads(index_file.read_text()).get("manifests", [])
     if len(manifests) != 1 or manifests[0].get("mediaType") not in MANIFEST_TYPES:
         raise UserError(f"{index_file} must name exactly one single-platform image manifest: rebuild the image")

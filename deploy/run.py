@@ -66,7 +66,10 @@ def deploy(
         raise UserError(f"{image_record}: platform {image['platform']} cannot run on Fargate: build linux/amd64")
     oci = ecr.read_layout(layout)
     if oci.digest != image["digest"]:
-        raise UserError(f"{layout} holds {oci.digest}, not {image['digest']} of {image_record}: run `dvc repro image`")
+        raise UserError(
+            f"{layout} holds {oci.digest}, not {image['digest']} of {image_record}: "
+            "run `dvc repro deploy/dvc.yaml:image`"
+        )
     aws = Aws(params.region, apply=apply, session=session)
     named = names(params.name)
     with aws_errors_as_user_errors():

@@ -89,6 +89,16 @@ def test_plan_prints_what_would_change_and_changes_nothing(project):
     assert not (cwd / "build" / "deploy.json").exists()
 
 
+def test_plan_before_the_image_is_built_says_how_to_build_it(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"deploy": {"name": next(NAMES)}}))
+    result = run(tmp_path, str(TWEETBOT), "plan")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (
+        result.stderr
+        == "error: no image record at build/image.json: build the image first, `dvc repro deploy/dvc.yaml:image`\n"
+    )
+
+
 def test_destroy_asks_first_and_removes_everything_with_yes(project):
     cwd, name = project
     assert stage(cwd).returncode == 0

@@ -202,7 +202,7 @@ def test_the_image_record_and_the_layout_must_agree(tmp_path, settings):
     write_image(tmp_path, [BASE, APP, MODEL_V1])
     record = json.loads((tmp_path / "image.json").read_text())
     (tmp_path / "image.json").write_text(json.dumps({**record, "digest": "sha256:" + "0" * 64}))
-    with pytest.raises(UserError, match="run `dvc repro image`"):
+    with pytest.raises(UserError, match="run `dvc repro deploy/dvc.yaml:image`"):
         deploy(tmp_path, settings)
 
 

@@ -99,6 +99,8 @@ def plan(
     from deploy import run
     from tweetbot import params
 
+    if not image.is_file():
+        raise UserError(f"no image record at {image}: build the image first, `dvc repro deploy/dvc.yaml:image`")
     run.deploy(params.load("deploy"), layout, image, out, apply=False)
 
 
