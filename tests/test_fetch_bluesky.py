@@ -262,6 +262,23 @@ def test_a_kill_mid_run_resumes_from_the_cursor_it_wrote(mock, tmp_path):
     assert "cursor" not in server.feed_requests[-1]  # then what is new
 
 
+def test_a_resume_cursor_the_appview_refuses_fills_the_gap_from_the_newest_post(mock, tmp_path, capsys):
+    server = FakeBluesky(mock, last=250)
+    server.answers[3] = Killed()
+    out = tmp_path / "tweets.jsonl"
+    with pytest.raises(Killed):
+        fetch.run(PARAMS, out)
+    server.answers = {1: httpx.Response(400, json={"error": "InvalidRequest", "message": "Malformed cursor"})}
+    server.feed_requests.clear()
+    server.last = 255
+
+    fetch.run(PARAMS, out)
+
+    assert numbers(read_posts(out)) == list(range(255, 0, -1))
+    assert server.feed_requests[0]["cursor"] and "cursor" not in server.feed_requests[1]
+    assert "refused the cursor to go on reading @alice.bsky.social" in capsys.readouterr().err
+
+
 def test_a_429_waits_until_its_reset(mock, tmp_path, capsys):
     server = FakeBluesky(mock, last=150)
     headers = {"RateLimit-Limit": "3000", "RateLimit-Remaining": "0", "RateLimit-Reset": str(int(time.time()) + 1)}

@@ -37,7 +37,7 @@ from tweetbot import atomic
 from tweetbot.params import FetchParams, FetchSource
 from tweetbot.posts import Post, id_order, newest_first, read_posts, write_posts
 from tweetbot.runtime.errors import UserError
-from tweetbot.sources.timeline import Timeline
+from tweetbot.sources.timeline import ResumeRefused, Timeline
 
 INCREMENTAL = ("x_api", "mastodon", "bluesky")
 SLOW_WRITE_S = 0.2  # a store that takes longer than this to write is written at most every 10 writes' time
@@ -207,8 +207,12 @@ def _follow(timeline: Timeline, store: Store, p: FetchParams) -> None:
     total = min((n for n in expected if n is not None), default=None) if from_scratch else None
     with tqdm(total=total, unit=" posts", desc=timeline.name, file=sys.stderr) as bar:
         if resume:  # an interrupted run left a gap between complete_through and resume
-            walk(timeline.pages(since_id=complete_through, resume=resume), set_resume)
-            complete_through, resume = newest(), None
+            try:
+                walk(timeline.pages(since_id=complete_through, resume=resume), set_resume)
+                complete_through = newest()
+            except ResumeRefused as refused:  # the walk from the newest below fills the gap instead
+                _say(f"{refused}: reading {timeline.name} again from its newest post to fill the gap")
+            resume = None
             save(force=True)
         stopped_early = walk(timeline.pages(since_id=complete_through, resume=None), set_resume)
         complete_through, resume = newest(), None
@@ -217,7 +221,11 @@ def _follow(timeline: Timeline, store: Store, p: FetchParams) -> None:
             own = sum(not post.is_retweet for post in posts.values())
             pages = timeline.history(own, history)
             if pages is not None:
-                walk(pages, set_history)
+                try:
+                    walk(pages, set_history)
+                except ResumeRefused as refused:
+                    _say(f"{refused}: reading the history of {timeline.name} again from its start")
+                    walk(timeline.history(own, None), set_history)
             history = "done"
             save(force=True)
     note = None if stopped_early else timeline.missing(received, from_scratch)

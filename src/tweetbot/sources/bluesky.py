@@ -25,7 +25,7 @@ from datetime import datetime
 from tweetbot.posts import Post, id_order, make_post
 from tweetbot.runtime.errors import UserError
 from tweetbot.sources.http import Server
-from tweetbot.sources.timeline import Page
+from tweetbot.sources.timeline import Page, ResumeRefused
 
 APPVIEW = "https://public.api.bsky.app"
 PLC_DIRECTORY = "https://plc.directory"
@@ -230,6 +230,8 @@ class BlueskyTimeline:
             )
         if error in ("AccountTakedown", "AccountDeactivated", "RepoTakendown", "RepoDeactivated"):
             raise UserError(f"the Bluesky account {actor} cannot be read ({detail}): {HANDLE_FIX}")
+        if response.status_code == 400 and params.get("cursor") and error in ("InvalidRequest", None):
+            raise ResumeRefused(f"{server.name} refused the cursor to go on reading {actor} from ({detail})")
         if response.status_code == 400 and error in ("InvalidRequest", "RepoNotFound", None):
             raise UserError(f"no Bluesky account {actor} ({detail}): {HANDLE_FIX}")
         raise UserError(f"{server.name} answered {detail} to {method} for {actor}: try again later")

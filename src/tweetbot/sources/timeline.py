@@ -13,6 +13,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tweetbot.posts import Post
+from tweetbot.runtime.errors import UserError
+
+
+class ResumeRefused(UserError):
+    """The source no longer takes the token an interrupted run stopped at (a cursor can expire). The fetch then
+    walks again from the newest post, which fills the same gap: posts merge by id, so nothing is lost."""
 
 
 @dataclass(frozen=True)
