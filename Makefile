@@ -24,9 +24,9 @@ $(INSTALLED): uv.lock pyproject.toml .github/lint/package-lock.json
 	else echo "npm not found: tests/test_deploy_workflows.py will be skipped"; fi
 	@touch $@
 
-# The demo runs the experiment pipeline (dvc.yaml): fetch → preprocess → train → export. The delivery pipeline
-# (deploy/dvc.yaml: the image needs a container builder and the deploy AWS) is `make deploy`.
-demo: install  ## run the pipeline on the built-in demo data up to the exported bundle, then show samples
+# The demo runs the experiment pipeline (dvc.yaml): fetch → preprocess → train → export → evaluate. The delivery
+# pipeline (deploy/dvc.yaml: the image needs a container builder and the deploy AWS) is `make deploy`.
+demo: install  ## run the pipeline on the built-in demo data up to the evaluated bundle, then show samples
 	$(BIN)/dvc repro
 	$(BIN)/tweetbot summary
 

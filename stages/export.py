@@ -3,7 +3,8 @@
     python stages/export.py models/checkpoints/best.msgpack data/processed models/export
 
 Reads the `export:` section of params.yaml; a model not better than the unigram baseline of the training text
-by `export.min_improvement_bpc` bits per character is refused with one line and exit status 2.
+by `export.min_improvement_bpc` bits per character, or one whose samples copy training posts more often than
+`export.max_copy_rate`, is refused with one line and exit status 2.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def main() -> None:
     metrics = manifest["metrics"]
     print(
         f"exported model {manifest['version']} to {args.out}: {metrics['val_bpc']:.3f} bits/char, "
-        f"{metrics['improvement_bpc']:.3f} better than the unigram baseline"
+        f"{metrics['improvement_bpc']:.3f} better than the unigram baseline, {metrics['copy_rate']:.1%} of samples "
+        "copy a training post"
     )
 
 

@@ -310,7 +310,9 @@ def test_summary_shows_counts_and_examples(corpora, tmp_path):
     runner = CliRunner()
 
     no_bundle = str(tmp_path / "no-bundle")  # never the workspace's models/export
-    shown = runner.invoke(app, ["summary", "--processed", str(tmp_path / "processed"), "--bundle", no_bundle])
+    shown = runner.invoke(
+        app, ["summary", "--processed", str(tmp_path / "processed"), "--bundle", no_bundle, "--evaluation", no_bundle]
+    )
     assert shown.exit_code == 0, shown.output
     assert f"{stats['posts_kept']:,} kept of 400" in shown.output
     assert f"{stats['vocab_size']} symbols" in shown.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -14,17 +15,19 @@ from tweetbot import checkpoint, export
 from tweetbot.params import ExportParams
 from tweetbot.runtime import bundle
 from tweetbot.runtime.errors import UserError
+from tweetbot.runtime.sample import Sampler, SampleRequest
 from tweetbot.runtime.vocab import EOS
 
 REPO = Path(__file__).resolve().parents[1]
 POSTS = [TEXT, "the lazy fox", "0123 #nasa", "quick quick brown dog"]
 
 
-def train_tokens() -> np.ndarray:
-    return np.concatenate([np.append(VOCAB.encode(post), EOS) for post in POSTS]).astype(np.int32)
+def train_tokens(posts=POSTS) -> np.ndarray:
+    return np.concatenate([np.append(VOCAB.encode(post), EOS) for post in posts]).astype(np.int32)
 
 
 BASELINE = export.unigram_bpc(train_tokens())
+FEW = 8  # samples for the copy gate: enough to test it, few enough to be quick
 
 
 def make_inputs(tmp_path: Path, val_bpc: float) -> tuple[Path, Path]:
@@ -45,7 +48,7 @@ def make_inputs(tmp_path: Path, val_bpc: float) -> tuple[Path, Path]:
     processed.mkdir(parents=True)
     VOCAB.save(processed / "vocab.json")
     np.save(processed / "train.npy", train_tokens())
-    (tmp_path / "params.yaml").write_text("export:\n  min_improvement_bpc: 0.5\n")
+    (tmp_path / "params.yaml").write_text(f"export:\n  min_improvement_bpc: 0.5\n  copy_samples: {FEW}\n")
     return best, processed
 
 
@@ -70,6 +73,7 @@ def test_a_model_that_beats_the_baseline_is_exported(tmp_path):
     assert manifest["metrics"]["val_bpc"] == pytest.approx(BASELINE - 1.0)
     assert manifest["metrics"]["improvement_bpc"] == pytest.approx(1.0, abs=1e-3)
     assert manifest["metrics"]["step"] == 10
+    assert manifest["metrics"]["copy_rate"] == 0.0
     assert manifest["train_params"]["max_steps"] == 10
     assert manifest["data"] == {
         "train_chars": train_tokens().size,
@@ -92,9 +96,31 @@ def test_a_model_no_better_than_the_baseline_is_refused_in_one_line(tmp_path):
 
 def test_the_gate_follows_its_parameter(tmp_path):
     best, processed = make_inputs(tmp_path, val_bpc=BASELINE - 0.2)
-    export.run(ExportParams(min_improvement_bpc=0.1), best, processed, tmp_path / "loose")
+    export.run(ExportParams(min_improvement_bpc=0.1, copy_samples=FEW), best, processed, tmp_path / "loose")
     with pytest.raises(UserError, match="export refused"):
         export.run(ExportParams(min_improvement_bpc=0.3), best, processed, tmp_path / "strict")
+
+
+def test_a_model_that_recites_its_training_posts_is_refused_in_one_line(tmp_path):
+    best, processed = make_inputs(tmp_path, val_bpc=BASELINE - 1.0)
+    p = ExportParams(copy_samples=FEW)
+    # The training posts are what this model writes at the gate's seeds: whatever it samples, it copies.
+    model = tiny_model()
+    samples = Sampler(model, tiny_variables(model), VOCAB).generate(
+        [SampleRequest(temperature=p.copy_temperature, seed=seed) for seed in range(p.copy_samples)]
+    )
+    long_enough = sum(len(sample) >= 50 for sample in samples)
+    assert 0 < long_enough < len(samples)
+    np.save(processed / "train.npy", train_tokens(POSTS + samples))
+    result = run_stage(tmp_path, best, processed)
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"error: export refused: {long_enough / FEW:.1%} of {FEW} samples (temperature 0.8) copy"
+    )
+    assert result.stderr.count("\n") == 1 and "export.max_copy_rate" in result.stderr
+    assert not (tmp_path / "models" / "export" / "manifest.json").exists()
+    manifest = export.run(dataclasses.replace(p, max_copy_rate=long_enough / FEW), best, processed, tmp_path / "loose")
+    assert manifest["metrics"]["copy_rate"] == long_enough / FEW
 
 
 def test_a_vocabulary_that_does_not_fit_the_checkpoint_is_a_user_error(tmp_path):

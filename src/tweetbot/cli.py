@@ -21,6 +21,7 @@ app = typer.Typer(
 
 PROCESSED = Path("data/processed")
 EXPORT = Path("models/export")
+EVALUATION = Path("evaluation")
 
 
 @app.command()
@@ -75,6 +76,7 @@ def serve(
 def summary(
     processed: Path = typer.Option(PROCESSED, help="the folder preprocess wrote"),
     bundle: Path = typer.Option(EXPORT, help="the bundle export wrote (shown when it exists)"),
+    evaluation: Path = typer.Option(EVALUATION, help="the folder evaluate wrote (shown when it exists)"),
 ) -> None:
     """Print what the pipeline has produced so far: the data (later stages add their own sections)."""
     from tweetbot import corpus
@@ -86,6 +88,10 @@ def summary(
         from tweetbot import export as exporting
 
         sections.append(exporting.summary(bundle))
+    if (evaluation / "metrics.json").exists():
+        from tweetbot import evaluate
+
+        sections.append(evaluate.summary(evaluation))
     typer.echo("\n\n".join(sections))
 
 

@@ -1,12 +1,15 @@
-"""The export step: the best checkpoint -> a self-describing bundle, behind a quality gate.
+"""The export step: the best checkpoint -> a self-describing bundle, behind two gates.
 
     run(params.load("export"), checkpoint=models/checkpoints/best.msgpack, processed=data/processed,
         out=models/export)
 
-The gate compares the checkpoint's validation bits per character with a unigram baseline of the training text
-(every character drawn independently with its training frequency, i.e. the entropy of the character
-distribution). A model that does not beat it by `export.min_improvement_bpc` learned nothing worth serving,
-so export refuses it with one line instead of shipping it.
+Export refuses, with one line, a model not worth serving or not safe to:
+- one that does not beat a unigram baseline of the training text (every character drawn independently with its
+  training frequency, i.e. the entropy of the character distribution) by `export.min_improvement_bpc` bits per
+  character on validation: it learned nothing;
+- one whose samples recite the account's posts: more than `export.max_copy_rate` of `export.copy_samples`
+  samples (seeds 0, 1, ..., at `export.copy_temperature`) hold a run of 50 characters of a training post
+  (tweetbot.copies, the measure the evaluate stage reports as `copy_rate`). A public bot must not leak posts.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from tweetbot.checkpoint import load_checkpoint
+from tweetbot.copies import RUN, TrainingRuns, copy_rate
 from tweetbot.params import ExportParams
 from tweetbot.runtime import bundle
 from tweetbot.runtime.errors import UserError
@@ -54,6 +58,20 @@ def check_quality(val_bpc: float, baseline_bpc: float, params: ExportParams) -> 
         )
 
 
+def check_copies(sampler: Sampler, train_tokens: np.ndarray, params: ExportParams) -> float:
+    """The model's copy rate; a UserError if it is above `params.max_copy_rate`."""
+    requests = [SampleRequest(temperature=params.copy_temperature, seed=seed) for seed in range(params.copy_samples)]
+    rate = copy_rate(sampler.generate(requests), sampler.vocab, TrainingRuns(train_tokens))
+    if rate > params.max_copy_rate:
+        raise UserError(
+            f"export refused: {rate:.1%} of {params.copy_samples} samples (temperature {params.copy_temperature}) "
+            f"copy {RUN} characters in a row of a training post, export.max_copy_rate is {params.max_copy_rate}: "
+            "a public bot must not recite its posts: train less or with dropout (params.yaml train: max_steps, "
+            "output_keep_prob), or raise export.max_copy_rate"
+        )
+    return rate
+
+
 def export_model(
     model: CharRNN,
     variables: dict,
@@ -66,10 +84,13 @@ def export_model(
     params: ExportParams,
     out: Path,
 ) -> dict:
-    """Gate the model against the unigram baseline of `train_tokens`, then write the bundle (its manifest)."""
+    """Gate the model (the unigram baseline of `train_tokens`, then its copies), then write the bundle (its
+    manifest)."""
     stats = data_statistics(train_tokens, vocab)
     check_quality(val_bpc, stats["unigram_bpc"], params)
+    rate = check_copies(Sampler(model, variables, vocab), train_tokens, params)
     metrics = {**metrics, "val_bpc": val_bpc, "improvement_bpc": round(stats["unigram_bpc"] - val_bpc, 4)}
+    metrics["copy_rate"] = round(rate, 4)
     return bundle.write(out, model, variables, vocab, metrics=metrics, train_params=train_params, data_stats=stats)
 
 

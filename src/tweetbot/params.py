@@ -100,6 +100,18 @@ class TrainParams:
 @dataclass(frozen=True)
 class ExportParams:
     min_improvement_bpc: float = 0.5
+    max_copy_rate: float = 0.01  # refuse a model more of whose samples than this copy a run of a training post
+    copy_samples: int = 256  # the samples that share is measured on (seeds 0..N-1, as evaluate draws them)
+    copy_temperature: float = 0.8
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    samples: int = 256  # sample i is drawn with seed `seed + i`: the same model always gets the same figures
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_length: int = 280  # the cap; a sample that ends before it ended by itself
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -149,6 +161,7 @@ SECTIONS: dict[str, type] = {
     "preprocess": PreprocessParams,
     "train": TrainParams,
     "export": ExportParams,
+    "evaluate": EvaluateParams,
     "image": ImageParams,
     "deploy": DeployParams,
     "update": UpdateParams,
