@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+from tests.pipeline import dvc
+from tests.pipeline import run as git
 from tests.tiny_bundle import VOCAB, write_tiny_bundle
+from tests.trainkit import TINY, params_yaml, write_data
 from tweetbot import evaluate
 from tweetbot.copies import RUN, TrainingRuns, copy_rate
 from tweetbot.corpus import encode
@@ -145,3 +150,38 @@ def test_a_typo_in_the_section_is_one_line(tmp_path):
     result = run_stage(tmp_path, tmp_path / "export", tmp_path / "processed", sampels=6)
     assert result.returncode == 2
     assert result.stderr == "error: params.yaml: unknown key `evaluate.sampels`: did you mean `samples`?\n"
+
+
+@pytest.mark.slow  # git + dvc + train, export and evaluate subprocesses: a minute on a busy machine
+def test_dvc_exp_show_lists_the_evaluation_beside_the_validation_loss(tmp_path):
+    """`dvc exp run` through train, export and evaluate with their real stage definitions, on tiny settings."""
+    pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    stages = {name: pipeline["stages"][name] for name in ("train", "export", "evaluate")}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages, "plots": pipeline["plots"]}))
+    for folder in ("stages", "src"):
+        shutil.copytree(REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    write_data(tmp_path / "data" / "processed")
+    tiny = {k: getattr(TINY, k) for k in ("rnn_size", "num_layers", "seq_length", "batch_size", "eval_every")}
+    (tmp_path / "params.yaml").write_text(
+        params_yaml(**tiny, max_steps=20)
+        + "export:\n  min_improvement_bpc: -10\n  copy_samples: 8\nevaluate:\n  samples: 8\n  max_length: 60\n"
+    )
+    git(tmp_path, "git", "init", "-q")
+    dvc(tmp_path, "init", "-q")
+    git(tmp_path, "git", "add", "-A")
+    git(tmp_path, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny project")
+
+    dvc(tmp_path, "exp", "run", "-S", "evaluate.samples=6", "--name", "fewer")
+    shown = json.loads(dvc(tmp_path, "exp", "show", "--json").stdout)
+    experiments = {
+        exp["name"]: exp["revs"][0]["data"]
+        for row in shown
+        for exp in (row.get("experiments") or [])
+        if exp.get("name")
+    }
+    metrics = experiments["fewer"]["metrics"]
+    assert 0 < metrics["dvclive/metrics.json"]["data"]["val_loss"] < 10
+    evaluation = metrics["evaluation/metrics.json"]["data"]
+    assert evaluation["samples"] == 6 and 0 <= evaluation["real_words"] <= 1
+    assert evaluation["real_words_heldout"] == 1.0  # the held-out posts are training posts reversed in order
+    assert "lengths" in dvc(tmp_path, "plots", "show", "--json").stdout
