@@ -185,3 +185,19 @@ def test_dvc_exp_show_lists_the_evaluation_beside_the_validation_loss(tmp_path):
     assert evaluation["samples"] == 6 and 0 <= evaluation["real_words"] <= 1
     assert evaluation["real_words_heldout"] == 1.0  # the held-out posts are training posts reversed in order
     assert "lengths" in dvc(tmp_path, "plots", "show", "--json").stdout
+
+
+def test_the_summary_places_an_account_on_the_posts_needed_table(tmp_path):
+    rows = [
+        {"training posts": n, "start": start, "real_words": rate, "real_words_heldout": person}
+        for n, person in ((250, 0.83), (1000, 0.93))
+        for start, rate in (("scratch", person - 0.2), ("shakespeare base", person - 0.1))
+    ]
+    table = tmp_path / "posts_needed.json"
+    table.write_text(json.dumps({"rows": rows}))
+    shown = evaluate.posts_needed_summary(600, table).splitlines()
+    assert shown[1].split() == ["posts", "scratch", "shakespeare", "base", "held-out", "posts"]
+    assert shown[2].split() == ["250", "63.0%", "73.0%", "83.0%"]
+    assert shown[-1] == "  this account: 600 training posts, at least the 250 row"
+    assert evaluate.posts_needed_summary(100, table).endswith("below the smallest row (250)")
+    assert evaluate.posts_needed_summary(600, tmp_path / "none.json") is None

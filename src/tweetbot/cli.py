@@ -6,6 +6,7 @@ The stages themselves run through DVC (`dvc repro`, `make deploy`), whose one en
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -92,6 +93,9 @@ def summary(
         from tweetbot import evaluate
 
         sections.append(evaluate.summary(evaluation))
+        standing = evaluate.posts_needed_summary(json.loads((processed / corpus.STATS_FILE).read_text())["train_posts"])
+        if standing:
+            sections.append(standing)
     typer.echo("\n\n".join(sections))
 
 

@@ -159,3 +159,32 @@ def summary(out: Path) -> str:
             f"{m['length_median_account']:.0f}), {m['eos_rate']:.0%} ended by themselves",
         ]
     )
+
+
+POSTS_NEEDED = Path("benchmarks/results/posts_needed.json")  # benchmarks/posts_needed.py measures it
+
+
+def posts_needed_summary(train_posts: int, table: Path = POSTS_NEEDED) -> str | None:
+    """Where an account with `train_posts` training posts stands on the measured posts-needed table (None
+    when the table is not there): real words written from scratch and from the base, against a person's."""
+    if not Path(table).is_file():
+        return None
+    rows = json.loads(Path(table).read_text())["rows"]
+    sizes = sorted({row["training posts"] for row in rows})
+    starts = list(dict.fromkeys(row["start"] for row in rows))
+    cell = {(row["training posts"], row["start"]): f"{row['real_words']:.1%}" for row in rows}
+    person = {row["training posts"]: f"{row['real_words_heldout']:.1%}" for row in rows}
+    below = [size for size in sizes if size <= train_posts]
+    where = f"at least the {below[-1]:,} row" if below else f"below the smallest row ({sizes[0]:,})"
+    lines = [
+        f"Posts needed ({table}: real words at each size, the demo default on the demo's posts)",
+        "  posts  " + "".join(f"{start:>18}" for start in starts) + f"{'held-out posts':>18}",
+        *(
+            f"  {size:>5,}  "
+            + "".join(f"{cell.get((size, start), '-'):>18}" for start in starts)
+            + f"{person[size]:>18}"
+            for size in sizes
+        ),
+        f"  this account: {train_posts:,} training posts, {where}",
+    ]
+    return "\n".join(lines)
