@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -88,11 +87,15 @@ def pretrained(name: str, steps: int, base_params: TrainParams) -> tuple[Path, V
     return folder / "checkpoints" / "best.msgpack", Vocab.load(data / "vocab.json"), metrics
 
 
+def folder_of(lever: str) -> Path:
+    """Where a lever's model is trained, exported and evaluated (kept: a run resumes or reuses it)."""
+    return CACHE / "".join(c if c.isalnum() or c in ".-" else "_" for c in lever)
+
+
 def measure(name: str, data: Path, base_params: TrainParams) -> dict:
     base, base_steps, changes = LEVERS[name]
     # Levers that differ only in max_steps share a folder: the longer run resumes the shorter one's.
-    stem = name.split(",")[0] if set(changes) == {"max_steps"} else name
-    folder = CACHE / "".join(c if c.isalnum() or c in ".-" else "_" for c in stem)
+    folder = folder_of(name.split(",")[0] if set(changes) == {"max_steps"} else name)
     row: dict = {"lever": name}
     p = dataclasses.replace(base_params, **changes, init_from=None)
     if base:
@@ -102,14 +105,37 @@ def measure(name: str, data: Path, base_params: TrainParams) -> dict:
         start = folder / "init.msgpack"
         remap_checkpoint(checkpoint, base_vocab, Vocab.load(data / "vocab.json"), start)
         p = dataclasses.replace(p, init_from=str(start))
-    started = time.perf_counter()
     metrics = train.run(p, data, folder / "checkpoints", folder / "live")
     row |= {"steps": metrics["step"], "train s": round(metrics["train_seconds"]), "val loss": metrics["best_val_loss"]}
-    export.run(params.load("export"), folder / "checkpoints" / "best.msgpack", data, folder / "export")
-    row |= evaluate.run(params.load("evaluate"), folder / "export", data, folder / "evaluation")
-    row["wall s"] = round(time.perf_counter() - started)
+    row |= evaluated(folder, data, params.load("export"))
     print(json.dumps(row), flush=True)
     return row
+
+
+# Sampling-side choices, evaluated on one lever's exported model: (temperature, top_p).
+SETTINGS = ((0.5, 1.0), (0.6, 1.0), (0.7, 1.0), (0.8, 1.0), (0.9, 1.0), (1.0, 1.0), (0.8, 0.95), (0.8, 0.9), (1.0, 0.9))
+
+
+def sampling(lever: str) -> dict:
+    """The evaluate stage's figures for the model of `lever` (trained already) at each of SETTINGS."""
+    folder, data = folder_of(lever), prepare_demo(CACHE / "demo")
+    rows = []
+    for temperature, top_p in SETTINGS:
+        e = dataclasses.replace(params.load("evaluate"), temperature=temperature, top_p=top_p)
+        row = {"temperature": temperature, "top_p": top_p}
+        row |= evaluate.run(e, folder / "export", data, folder / f"evaluation-{temperature}-{top_p}")
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return {"title": f"Demo posts: sample quality by sampling settings, model of lever `{lever}`", "rows": rows}
+
+
+def evaluated(folder: Path, data: Path, export_params: params.ExportParams) -> dict:
+    """Export the best checkpoint in `folder` and evaluate it; reuses the figures of an earlier run on it."""
+    best, figures = folder / "checkpoints" / "best.msgpack", folder / "evaluation" / "metrics.json"
+    if not (figures.exists() and figures.stat().st_mtime > best.stat().st_mtime):
+        export.run(export_params, best, data, folder / "export")
+        evaluate.run(params.load("evaluate"), folder / "export", data, folder / "evaluation")
+    return json.loads(figures.read_text())
 
 
 def main(names: list[str]) -> dict:
@@ -132,4 +158,7 @@ def main(names: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    save("sample_quality", main(sys.argv[1:]))
+    if sys.argv[1:2] == ["--sampling"]:  # python -m benchmarks.sample_quality --sampling LEVER
+        save(f"sample_settings-{folder_of(sys.argv[2]).name}", sampling(sys.argv[2]))
+    else:
+        save("sample_quality", main(sys.argv[1:]))
