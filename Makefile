@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 # Stage commands in dvc.yaml call `python`: the project venv must come first on PATH.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help install demo test test-slow lint bench bench-quality bench-lr plots serve deploy update moto
+.PHONY: help install demo test test-slow lint bench bench-quality bench-lr bench-samples bench-posts plots serve deploy update moto
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,6 +48,13 @@ bench-quality: install  ## Tiny Shakespeare val loss after 180 s of training (ab
 
 bench-lr: install  ## the demo default's val loss by learning rate and seed (about 10 minutes)
 	$(BIN)/python -m benchmarks.learning_rate
+
+bench-samples: install  ## the evaluate stage's figures by training lever, then by sampling setting (about 20 minutes)
+	$(BIN)/python -m benchmarks.sample_quality default "shakespeare base (2000 steps)"
+	$(BIN)/python -m benchmarks.sample_quality --sampling default
+
+bench-posts: install  ## the evaluate stage's figures by number of training posts (about 1 hour)
+	$(BIN)/python -m benchmarks.posts_needed
 
 plots: install  ## the training curves in dvc_plots/index.html, a page that draws with no network
 	plots/show.sh dvc_plots

@@ -6,7 +6,8 @@ does, then for each lever trains (tweetbot.train), exports (tweetbot.export) and
 params.yaml `evaluate:`) one model, so every row is measured by the same code as `dvc exp show`'s columns.
 A lever changes params.yaml `train:` and may start from a base model pretrained on another text (BASES); a
 base is trained once and kept in benchmarks/.cache/ for the next run. Results: benchmarks/results/
-sample_quality.{json,md}.
+sample_quality.{json,md}. Then `--sampling LEVER` gives the figures of that lever's model at each of SETTINGS
+(temperature, top-p): benchmarks/results/sample_settings-LEVER.{json,md}.
 """
 
 from __future__ import annotations
@@ -32,11 +33,15 @@ FORTUNES = Path("/usr/share/games/fortunes")  # Debian's `fortunes` package
 
 def shakespeare_posts() -> list[str]:
     """Tiny Shakespeare cut at blank lines (each speech a post), as the `.txt` file source cuts a document."""
+    if not SHAKESPEARE.is_file():
+        sys.exit(f"{SHAKESPEARE} not found: the shakespeare base needs ../shared/corpora beside the repository")
     return [part for part in SHAKESPEARE.read_text().split("\n\n") if part.strip()]
 
 
 def fortune_posts() -> list[str]:
     """Every fortune cookie of Debian's `fortunes` (the files between `%` lines), ASCII art left out."""
+    if not FORTUNES.is_dir():
+        sys.exit(f"{FORTUNES} not found: `apt-get install fortunes` for the fortunes base")
     files = sorted(p for p in FORTUNES.iterdir() if p.is_file() and p.suffix not in (".dat", ".u8"))
     return [part for p in files if "art" not in p.name for part in p.read_text(errors="replace").split("\n%\n")]
 
