@@ -89,6 +89,7 @@ def update(p: UpdateParams, say=print) -> str:
     live = history.live(rows)
     if live is None:
         say("no version yet: running the whole pipeline")
+        dvc("repro", "evaluate")  # the experiment pipeline's end: the promoted model's evaluation in dvc.lock too
         dvc("repro", str(record.DELIVERY))
         return _promote(rows, row, say)
 
@@ -107,6 +108,7 @@ def update(p: UpdateParams, say=print) -> str:
     row["live_val_loss"] = validation_loss(live_checkpoint, live_vocab, old_val)
     say(f"on {len(old_val)} old validation posts: new {row['val_loss']:.4f}, live {row['live_val_loss']:.4f} nats/char")
     if row["val_loss"] < row["live_val_loss"] - p.min_improvement:
+        dvc("repro", "evaluate")  # the experiment pipeline's end: the promoted model's evaluation in dvc.lock too
         dvc("repro", str(record.DELIVERY))
         return _promote(rows, row, say)
     record.restore(before)
