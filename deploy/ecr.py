@@ -76,7 +76,7 @@ def _read_blob(layout: Path, digest: str) -> bytes:
     return data
 
 
-def ensure_repository(aws: Aws, name: str) -> tuple[str, bool]:
+def ensure_repository(aws: Aws, name: str, tags: dict[str, str]) -> tuple[str, bool]:
     """The repository's URI, and whether it existed already. Scan on push, immutable tags."""
     ecr = aws.client("ecr")
     try:
@@ -90,6 +90,7 @@ def ensure_repository(aws: Aws, name: str) -> tuple[str, bool]:
                 repositoryName=name,
                 imageScanningConfiguration={"scanOnPush": True},
                 imageTagMutability="IMMUTABLE",
+                tags=[{"Key": key, "Value": value} for key, value in tags.items()],
             )["repository"],
         )
         uri = created["repositoryUri"] if created else f"{aws.account_id}.dkr.ecr.{aws.region}.amazonaws.com/{name}"

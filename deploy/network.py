@@ -1,7 +1,9 @@
-"""Where the service's tasks run: subnets and security groups from params, or the default VPC's.
+"""Where the service runs: the VPC and subnets, and the security groups that decide who reaches what.
 
-Without subnets in params the tasks go into the default VPC's default subnets, behind a security group of
-their own that lets in only the service port (and lets everything out: tasks pull from ECR and write logs).
+Without deploy.subnets the tasks (and the load balancer) go into the default VPC's default subnets, which are
+public, one per zone. A security group of tweetbot's own lets into the tasks only the service port: from the
+load balancer's group when there is one, else (the single public task) from deploy.allowed_cidrs. Everything
+may go out: tasks pull from ECR and write logs.
 """
 
 from __future__ import annotations
@@ -10,16 +12,53 @@ from deploy.aws import Aws
 from tweetbot.runtime.errors import UserError
 
 
-def network_configuration(
-    aws: Aws, name: str, port: int, subnets: list, security_groups: list, assign_public_ip: bool
-) -> dict:
-    """The service's `awsvpcConfiguration`, creating its security group in the default VPC if needed."""
-    if security_groups and not subnets:
-        raise UserError("deploy.security_groups needs deploy.subnets too: set both, or neither")
-    if not subnets:
+def placement(aws: Aws, subnets: list[str], zones_needed: int) -> tuple[str, list[str]]:
+    """The VPC and the subnets to run in: deploy.subnets, else the default VPC's default subnets."""
+    ec2 = aws.client("ec2")
+    if subnets:
+        found = ec2.describe_subnets(SubnetIds=subnets)["Subnets"]
+        vpcs = sorted({subnet["VpcId"] for subnet in found})
+        if len(vpcs) > 1:
+            raise UserError(f"deploy.subnets lie in {len(vpcs)} VPCs ({', '.join(vpcs)}): pick subnets of one VPC")
+        vpc = vpcs[0]
+    else:
         vpc = default_vpc(aws)
-        subnets = default_subnets(aws, vpc)
-        security_groups = [ensure_security_group(aws, security_group_name(name), vpc, port)]
+        found = ec2.describe_subnets(
+            Filters=[{"Name": "vpc-id", "Values": [vpc]}, {"Name": "default-for-az", "Values": ["true"]}]
+        )["Subnets"]
+        if not found:
+            raise UserError(f"the default VPC {vpc} has no default subnets: set deploy.subnets in params.yaml")
+    zones = sorted({subnet["AvailabilityZone"] for subnet in found})
+    if len(zones) < zones_needed:
+        where = "deploy.subnets" if subnets else f"the default subnets of {vpc}"
+        raise UserError(
+            f"{where} cover {len(zones)} zone(s) ({', '.join(zones)}): a load balancer needs subnets in "
+            f"{zones_needed} zones at least: add one in another zone (or set deploy.load_balancer to false)"
+        )
+    return vpc, sorted(subnet["SubnetId"] for subnet in found)
+
+
+def default_vpc(aws: Aws) -> str:
+    vpcs = aws.client("ec2").describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    if not vpcs:
+        raise UserError(
+            f"no default VPC in {aws.region}: set deploy.subnets (and deploy.security_groups) in params.yaml"
+        )
+    return vpcs[0]["VpcId"]
+
+
+def vpc_of(aws: Aws, subnets: list[str]) -> str | None:
+    """The VPC a deployment in `subnets` (none: the default VPC's) lives in, None if there is none."""
+    ec2 = aws.client("ec2")
+    if subnets:
+        found = ec2.describe_subnets(SubnetIds=subnets[:1])["Subnets"]
+        return found[0]["VpcId"] if found else None
+    vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    return vpcs[0]["VpcId"] if vpcs else None
+
+
+def awsvpc_configuration(subnets: list[str], security_groups: list[str], assign_public_ip: bool) -> dict:
+    """The service's `networkConfiguration`."""
     return {
         "awsvpcConfiguration": {
             "subnets": sorted(subnets),
@@ -29,24 +68,23 @@ def network_configuration(
     }
 
 
-def security_group_name(name: str) -> str:
+def tasks_group_name(name: str) -> str:
     return f"{name}-service"
 
 
-def default_vpc(aws: Aws) -> str:
-    vpcs = aws.client("ec2").describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
-    if not vpcs:
-        raise UserError(f"no default VPC in {aws.region}: set deploy.subnets and deploy.security_groups in params.yaml")
-    return vpcs[0]["VpcId"]
+def from_cidrs(port: int, cidrs: list[str]) -> dict:
+    """An ingress rule: TCP `port` from these address ranges."""
+    return {"IpProtocol": "tcp", "FromPort": port, "ToPort": port, "IpRanges": [{"CidrIp": c} for c in sorted(cidrs)]}
 
 
-def default_subnets(aws: Aws, vpc: str) -> list[str]:
-    subnets = aws.client("ec2").describe_subnets(
-        Filters=[{"Name": "vpc-id", "Values": [vpc]}, {"Name": "default-for-az", "Values": ["true"]}]
-    )["Subnets"]
-    if not subnets:
-        raise UserError(f"the default VPC {vpc} has no default subnets: set deploy.subnets in params.yaml")
-    return sorted(subnet["SubnetId"] for subnet in subnets)
+def from_groups(port: int, groups: list[str]) -> dict:
+    """An ingress rule: TCP `port` from the members of these security groups."""
+    return {
+        "IpProtocol": "tcp",
+        "FromPort": port,
+        "ToPort": port,
+        "UserIdGroupPairs": [{"GroupId": group} for group in sorted(groups)],
+    }
 
 
 def find_security_group(aws: Aws, group_name: str, vpc: str) -> dict | None:
@@ -56,37 +94,87 @@ def find_security_group(aws: Aws, group_name: str, vpc: str) -> dict | None:
     return groups[0] if groups else None
 
 
-def ensure_security_group(aws: Aws, group_name: str, vpc: str, port: int) -> str:
-    """The id of the group that opens only `port` (TCP, from anywhere), created or corrected if needed."""
+def ensure_security_group(
+    aws: Aws,
+    group_name: str,
+    vpc: str,
+    ingress: list[dict],
+    tags: dict[str, str],
+    purpose: str,
+    labels: dict[str, str] | None = None,
+) -> str:
+    """The id of tweetbot's group `group_name`, which lets in exactly `ingress`, created or corrected.
+
+    `labels` name sources in what is printed (a group that a plan has not made yet has no id)."""
     ec2 = aws.client("ec2")
-    wanted = {"IpProtocol": "tcp", "FromPort": port, "ToPort": port, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
     group = find_security_group(aws, group_name, vpc)
     if group is None:
         group_id = aws.change(
-            f"create security group {group_name} in {vpc}",
+            f"create security group {group_name} in {vpc} ({purpose})",
             lambda: ec2.create_security_group(
-                GroupName=group_name, Description=f"{group_name}: only the service port", VpcId=vpc
+                GroupName=group_name,
+                Description=f"tweetbot: {purpose}",
+                VpcId=vpc,
+                TagSpecifications=[
+                    {
+                        "ResourceType": "security-group",
+                        "Tags": [{"Key": key, "Value": value} for key, value in {"Name": group_name, **tags}.items()],
+                    }
+                ],
             )["GroupId"],
             planned=f"(new security group {group_name})",
         )
         rules = []
     else:
         group_id, rules = group["GroupId"], group["IpPermissions"]
-    opened = [_rule(rule) for rule in rules]
-    if _rule(wanted) not in opened:
+    wanted, present = _atoms(ingress), _atoms(rules)
+    if wanted - present:
         aws.change(
-            f"open TCP {port} in security group {group_name}",
-            lambda: ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[wanted]),
+            f"let into security group {group_name}: {_describe(wanted - present, labels or {})}",
+            lambda: ec2.authorize_security_group_ingress(
+                GroupId=group_id, IpPermissions=_permissions(wanted - present)
+            ),
         )
-    others = [rule for rule in rules if _rule(rule) != _rule(wanted)]
-    if others:  # the group is this service's own: it opens the service port and nothing else
+    if present - wanted:  # the group is tweetbot's own: what it lets in is exactly what is asked
         aws.change(
-            f"close {len(others)} other ingress rule(s) in security group {group_name}",
-            lambda: ec2.revoke_security_group_ingress(GroupId=group_id, IpPermissions=others),
+            f"stop letting into security group {group_name}: {_describe(present - wanted, labels or {})}",
+            lambda: ec2.revoke_security_group_ingress(GroupId=group_id, IpPermissions=_permissions(present - wanted)),
         )
     return group_id
 
 
-def _rule(permission: dict) -> tuple:
-    cidrs = sorted(item["CidrIp"] for item in permission.get("IpRanges", []))
-    return permission.get("IpProtocol"), permission.get("FromPort"), permission.get("ToPort"), tuple(cidrs)
+# A rule reduced to its atoms, (protocol, from port, to port, "cidr"/"group", source): AWS merges and splits the
+# permissions it is given, the atoms stay the same.
+def _atoms(permissions: list[dict]) -> set[tuple]:
+    atoms = set()
+    for rule in permissions:
+        key = (rule.get("IpProtocol"), rule.get("FromPort"), rule.get("ToPort"))
+        atoms |= {(*key, "cidr", item["CidrIp"]) for item in rule.get("IpRanges", [])}
+        atoms |= {(*key, "cidr6", item["CidrIpv6"]) for item in rule.get("Ipv6Ranges", [])}
+        atoms |= {(*key, "group", item["GroupId"]) for item in rule.get("UserIdGroupPairs", [])}
+        atoms |= {(*key, "prefix", item["PrefixListId"]) for item in rule.get("PrefixListIds", [])}
+    return atoms
+
+
+def _permissions(atoms: set[tuple]) -> list[dict]:
+    sources = {
+        "cidr": ("IpRanges", "CidrIp"),
+        "cidr6": ("Ipv6Ranges", "CidrIpv6"),
+        "group": ("UserIdGroupPairs", "GroupId"),
+        "prefix": ("PrefixListIds", "PrefixListId"),
+    }
+    permissions = []
+    for protocol, from_port, to_port, kind, source in sorted(atoms, key=str):
+        rule = {"IpProtocol": protocol, sources[kind][0]: [{sources[kind][1]: source}]}
+        if from_port is not None:
+            rule |= {"FromPort": from_port, "ToPort": to_port}
+        permissions.append(rule)
+    return permissions
+
+
+def _describe(atoms: set[tuple], labels: dict[str, str]) -> str:
+    described = []
+    for protocol, from_port, to_port, _, source in sorted(atoms, key=str):
+        ports = from_port if from_port == to_port else f"{from_port}-{to_port}"
+        described.append(f"{protocol} {ports} from {labels.get(source, source)}")
+    return ", ".join(described)

@@ -1,4 +1,4 @@
-"""Wait for an ECS rollout to finish, and find where the service answers.
+"""Wait for an ECS rollout to finish, and find where a service without a load balancer answers.
 
 A rollout is done when the deployment that runs the new task definition is the service's PRIMARY one and ECS
 marks it COMPLETED (its tasks are running and healthy, behind the load balancer when there is one). Nothing
@@ -104,19 +104,8 @@ def revision(task_definition_arn: str) -> str:
     return task_definition_arn.rsplit("/", 1)[-1]
 
 
-def endpoint(
-    ecs,
-    ec2,
-    elbv2,
-    cluster: str,
-    service: str,
-    task_definition_arn: str,
-    port: int,
-    target_group_arn: str | None,
-) -> str | None:
-    """The URL the service answers on: its load balancer's, or a running task's public IP (or None yet)."""
-    if target_group_arn:
-        return _load_balancer_url(elbv2, target_group_arn)
+def public_endpoint(ecs, ec2, cluster: str, service: str, task_definition_arn: str, port: int) -> str | None:
+    """The URL of the service without a load balancer: a running task's public IP (or None yet)."""
     task_arns = ecs.list_tasks(cluster=cluster, serviceName=service, desiredStatus="RUNNING")["taskArns"]
     if not task_arns:
         return None
@@ -135,14 +124,3 @@ def endpoint(
     found = ec2.describe_network_interfaces(NetworkInterfaceIds=interfaces)["NetworkInterfaces"]
     addresses = sorted(i["Association"]["PublicIp"] for i in found if i.get("Association", {}).get("PublicIp"))
     return f"http://{addresses[0]}:{port}" if addresses else None
-
-
-def _load_balancer_url(elbv2, target_group_arn: str) -> str | None:
-    groups = elbv2.describe_target_groups(TargetGroupArns=[target_group_arn])["TargetGroups"]
-    balancers = groups[0].get("LoadBalancerArns", []) if groups else []
-    if not balancers:
-        return None
-    balancer = elbv2.describe_load_balancers(LoadBalancerArns=balancers[:1])["LoadBalancers"][0]
-    listeners = elbv2.describe_listeners(LoadBalancerArn=balancer["LoadBalancerArn"])["Listeners"]
-    scheme = "https" if any(listener["Protocol"] == "HTTPS" for listener in listeners) else "http"
-    return f"{scheme}://{balancer['DNSName']}"

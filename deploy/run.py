@@ -1,10 +1,10 @@
-"""Deploy the built image to ECS Fargate, or remove everything a deploy made.
+"""Deploy the built image to ECS Fargate behind a load balancer, or remove everything a deploy made.
 
-`deploy` pushes the image, makes sure of the cluster, log group, execution role, task definition, service
-and its autoscaling, waits for the rollout and writes a small record of the deployment. Each step changes
-only what differs, so a second run with the same inputs makes no mutating AWS call; `apply=False` lists the
-changes and makes none. AWS's refusals (access denied, a bad cpu/memory pair, ...) become one line naming
-the call.
+`deploy` checks params against what AWS accepts (deploy/checks.py), pushes the image, makes sure of the
+cluster, log group, execution role, task definition, load balancer, security groups, service and its
+autoscaling, waits for the rollout and writes a small record of the deployment. Each step changes only what
+differs, so a second run with the same inputs makes no mutating AWS call; `apply=False` lists the changes and
+makes none. AWS's refusals (access denied, a quota, ...) become one line naming the call.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import boto3
 import botocore.exceptions
 
-from deploy import ecr, ecs, network, rollout
+from deploy import balancer, checks, ecr, ecs, network, rollout
 from deploy.aws import UNREACHABLE, Aws, error_code, unreachable
 from tweetbot.runtime.errors import UserError
 
@@ -62,8 +62,9 @@ def deploy(
     """Make the deployment match the image and params; write `out` and return it (None when only planning)."""
     image = json.loads(image_record.read_text())
     _check_environment(params.environment)
-    if image.get("platform", "linux/amd64") not in ARCHITECTURES:
-        raise UserError(f"{image_record}: platform {image['platform']} cannot run on Fargate: build linux/amd64")
+    platform = image.get("platform", "linux/amd64")
+    if platform not in ARCHITECTURES:
+        raise UserError(f"{image_record}: platform {platform} cannot run on Fargate: build linux/amd64")
     oci = ecr.read_layout(layout)
     if oci.digest != image["digest"]:
         raise UserError(
@@ -71,14 +72,17 @@ def deploy(
             "run `dvc repro deploy/dvc.yaml:image`"
         )
     aws = Aws(params.region, apply=apply, session=session)
+    checks.check(params, aws.region, ARCHITECTURES[platform])
     named = names(params.name)
+    tags = {"project": params.name}  # on everything; a revision (and so each task) also says what it runs
+    revision_tags = {**tags, "model-version": str(image.get("model_version")), "image-tag": image["tag"]}
     with aws_errors_as_user_errors():
-        repository_uri, repository_existed = ecr.ensure_repository(aws, named["repository"])
+        repository_uri, repository_existed = ecr.ensure_repository(aws, named["repository"], tags)
         ecr.push(aws, named["repository"], oci, image["tag"], repository_existed)
         image_uri = f"{repository_uri}@{oci.digest}"
-        ecs.ensure_cluster(aws, named["cluster"])
-        ecs.ensure_log_group(aws, named["log_group"], params.log_retention_days)
-        role_arn = ecs.ensure_execution_role(aws, named["role"])
+        ecs.ensure_cluster(aws, named["cluster"], tags)
+        ecs.ensure_log_group(aws, named["log_group"], params.log_retention_days, tags)
+        role_arn = ecs.ensure_execution_role(aws, named["role"], tags)
         definition = ecs.task_definition(
             family=named["family"],
             image=image_uri,
@@ -89,31 +93,46 @@ def deploy(
             memory=params.memory,
             port=params.port,
             environment=params.environment,
-            architecture=ARCHITECTURES[image.get("platform", "linux/amd64")],
+            tags=revision_tags,
+            architecture=ARCHITECTURES[platform],
         )
         task_definition_arn = ecs.ensure_task_definition(aws, definition)
-        vpc = network.network_configuration(
-            aws, params.name, params.port, params.subnets, params.security_groups, params.assign_public_ip
-        )
+        own_balancer = params.load_balancer and not params.target_group_arn
+        vpc, subnets = network.placement(aws, params.subnets, zones_needed=2 if own_balancer else 1)
+        front = _ensure_balancer(aws, params, vpc, subnets, tags)
+        security_groups = params.security_groups or [
+            network.ensure_security_group(
+                aws,
+                network.tasks_group_name(params.name),
+                vpc,
+                [
+                    network.from_groups(params.port, list(front.security_groups))
+                    if front
+                    else network.from_cidrs(params.port, params.allowed_cidrs)
+                ],
+                tags,
+                purpose=f"the tasks: {params.port} from {'the load balancer' if front else 'deploy.allowed_cidrs'}",
+                labels={group: "the load balancer's security group" for group in front.security_groups}
+                if front
+                else None,
+            )
+        ]
         ecs.ensure_service(
             aws,
             cluster=named["cluster"],
             name=named["service"],
             task_definition_arn=task_definition_arn,
             desired_count=params.desired_count,
-            network=vpc,
+            network=network.awsvpc_configuration(subnets, security_groups, params.assign_public_ip),
             port=params.port,
-            target_group_arn=params.target_group_arn,
+            balancer=front,
+            spot=params.spot,
+            tags=tags,
         )
-        ecs.ensure_autoscaling(
-            aws,
-            named["cluster"],
-            named["service"],
-            params.min_tasks,
-            params.max_tasks,
-            params.cpu_target_percent,
-        )
+        ecs.ensure_autoscaling(aws, named["cluster"], named["service"], params, front, tags)
         if not apply:
+            if not params.load_balancer:
+                _remove_balancer(aws, params.name, vpc)
             aws.say(f"{len(aws.changes)} change(s) planned" if aws.changes else "no changes: the deployment is current")
             return None
         deployment = rollout.wait_for_rollout(
@@ -124,16 +143,21 @@ def deploy(
             params.rollout_timeout_s,
             progress=aws.say,
         )
-        url = rollout.endpoint(
-            aws.client("ecs"),
-            aws.client("ec2"),
-            aws.client("elbv2"),
-            named["cluster"],
-            named["service"],
-            task_definition_arn,
-            params.port,
-            params.target_group_arn,
-        )
+        if not params.load_balancer:  # a load balancer from before: it goes once the rollout moved the tasks off it
+            _remove_balancer(aws, params.name, vpc)
+        if front:
+            url = front.url
+            counts = balancer.health(aws.client("elbv2"), front.target_group_arn)
+            aws.say(f"targets: {', '.join(f'{n} {state}' for state, n in sorted(counts.items())) or 'none yet'}")
+        else:
+            url = rollout.public_endpoint(
+                aws.client("ecs"),
+                aws.client("ec2"),
+                named["cluster"],
+                named["service"],
+                task_definition_arn,
+                params.port,
+            )
     record = {
         "region": aws.region,
         "cluster": named["cluster"],
@@ -143,6 +167,7 @@ def deploy(
         "image_tag": image["tag"],
         "model_version": image.get("model_version"),
         "rollout": deployment.get("rolloutState"),
+        "target_group": front.target_group_arn if front else None,
         "endpoint": url,
     }
     if out is not None:
@@ -154,8 +179,34 @@ def deploy(
     return record
 
 
+def _ensure_balancer(aws: Aws, params, vpc: str, subnets: list[str], tags) -> balancer.Balancer | None:
+    """What the service registers in: tweetbot's load balancer, the user's target group, or nothing."""
+    if not params.load_balancer:
+        return None
+    if params.target_group_arn:
+        return balancer.adopt(aws.client("elbv2"), params.target_group_arn)
+    return balancer.ensure(aws, params.name, vpc, subnets, params.allowed_cidrs, params.certificate_arn, tags)
+
+
+def _remove_balancer(aws: Aws, name: str, vpc: str | None) -> None:
+    """Remove tweetbot's load balancer, target group and the balancer's security group, those that exist."""
+    balancer.remove(aws, name, progress=aws.say)
+    _remove_security_group(aws, balancer.security_group_name(name), vpc)
+
+
+def _remove_security_group(aws: Aws, group_name: str, vpc: str | None) -> None:
+    group = network.find_security_group(aws, group_name, vpc) if vpc else None
+    if group:
+        aws.change(
+            f"delete security group {group_name}",
+            lambda: _delete_security_group(aws.client("ec2"), group["GroupId"]),
+        )
+
+
 def _check_environment(environment: dict) -> None:
     for key, value in environment.items():
+        if key == "PORT":
+            raise UserError("params.yaml: deploy.environment.PORT: the service listens on deploy.port: remove PORT")
         if not isinstance(value, str):
             raise UserError(f"params.yaml: deploy.environment.{key} must be a string: quote it")
         if any(word in key.upper() for word in SECRET_WORDS):
@@ -171,7 +222,12 @@ def destroy(params, out: Path | None, apply: bool = True, session: boto3.Session
     named = names(params.name)
     with aws_errors_as_user_errors():
         _destroy_service(aws, named)
-        _destroy_infrastructure(aws, named, own_security_group=not params.subnets)
+        vpc = network.vpc_of(aws, params.subnets)
+        balancer.remove(aws, params.name, progress=aws.say)  # a target group of deploy.target_group_arn stays
+        # The tasks' group first: it names the load balancer's. Both wait for the network interfaces to go.
+        _remove_security_group(aws, network.tasks_group_name(params.name), vpc)
+        _remove_security_group(aws, balancer.security_group_name(params.name), vpc)
+        _destroy_infrastructure(aws, named)
     if apply and out is not None and out.exists():
         out.unlink()  # so the next `dvc repro` deploys again
     return aws.changes
@@ -224,14 +280,8 @@ def _destroy_service(aws: Aws, named: dict) -> None:
         )
 
 
-def _destroy_infrastructure(aws: Aws, named: dict, own_security_group: bool) -> None:
-    ec2, logs, iam, ecr_client = (aws.client(name) for name in ("ec2", "logs", "iam", "ecr"))
-    if own_security_group:
-        vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
-        group_name = network.security_group_name(named["service"])
-        group = network.find_security_group(aws, group_name, vpcs[0]["VpcId"]) if vpcs else None
-        if group:
-            aws.change(f"delete security group {group_name}", lambda: _delete_security_group(ec2, group["GroupId"]))
+def _destroy_infrastructure(aws: Aws, named: dict) -> None:
+    logs, iam, ecr_client = (aws.client(name) for name in ("logs", "iam", "ecr"))
     groups = logs.describe_log_groups(logGroupNamePrefix=named["log_group"])["logGroups"]
     if any(group["logGroupName"] == named["log_group"] for group in groups):
         aws.change(
@@ -262,8 +312,9 @@ def _destroy_infrastructure(aws: Aws, named: dict, own_security_group: bool) -> 
         )
 
 
-def _delete_security_group(ec2, group_id: str, patience_s: float = 300) -> None:
-    """Delete the group, waiting while the network interfaces of stopped tasks still hold it."""
+def _delete_security_group(ec2, group_id: str, patience_s: float = 600) -> None:
+    """Delete the group, waiting while the network interfaces of stopped tasks or of a deleted load balancer
+    still hold it (AWS releases them minutes later)."""
     deadline = time.monotonic() + patience_s
     while True:
         try:

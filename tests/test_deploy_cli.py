@@ -114,6 +114,21 @@ def test_destroy_asks_first_and_removes_everything_with_yes(project):
     assert again.returncode == 0 and "nothing to remove" in again.stdout
 
 
+def test_a_setting_aws_would_refuse_is_one_line_at_plan_time_and_nothing_is_created(project):
+    cwd, name = project
+    (cwd / "params.yaml").write_text(yaml.safe_dump({"deploy": {"name": name, "cpu": 256, "memory": 4096}}))
+    for command in ([str(TWEETBOT), "plan"], [sys.executable, str(REPO / "stages" / "deploy_stage.py")]):
+        if command[0] == sys.executable:
+            command += ["build/image", "build/image.json", "build/deploy.json"]
+        result = run(cwd, *command)
+        assert result.returncode == 2
+        assert result.stderr.splitlines() == [
+            "error: params.yaml: deploy.memory 4096 does not go with deploy.cpu 256: Fargate allows 512, 1024 or "
+            "2048 MiB with 256 CPU units"
+        ]
+    assert name not in repositories()
+
+
 @pytest.mark.parametrize(
     ("missing", "message"),
     [

@@ -37,7 +37,7 @@ def push(tmp_path, layers, tag, session, repository):
     write_image(tmp_path, layers, tag=tag)
     image = ecr.read_layout(tmp_path / "image")
     aws = Aws(session=session, say=lambda line: None)
-    uri, existed = ecr.ensure_repository(aws, repository)
+    uri, existed = ecr.ensure_repository(aws, repository, {"project": "test"})
     ecr.push(aws, repository, image, tag, existed)
     return image, uri
 

@@ -1,4 +1,4 @@
-"""The rollout wait and the endpoint lookup, on canned ECS/EC2/ELB answers (botocore's Stubber).
+"""The rollout wait and the public task's endpoint, on canned ECS/EC2 answers (botocore's Stubber).
 
 moto starts no tasks, so its rollouts never move: what ECS answers while a rollout completes, fails with the
 circuit breaker's rollback, or hangs, is replayed here through real clients with their request validation.
@@ -219,7 +219,7 @@ def test_the_new_revision_must_be_primary_as_well_as_completed():
 
 
 def test_the_endpoint_is_the_running_tasks_public_ip_found_through_its_network_interface():
-    ecs, ec2, elbv2 = client("ecs"), client("ec2"), client("elbv2")
+    ecs, ec2 = client("ecs"), client("ec2")
     task_arn = "arn:aws:ecs:eu-west-1:123456789012:task/tweetbot/abc"
     with Stubber(ecs) as ecs_stub, Stubber(ec2) as ec2_stub:
         ecs_stub.add_response(
@@ -254,12 +254,12 @@ def test_the_endpoint_is_the_running_tasks_public_ip_found_through_its_network_i
             {"NetworkInterfaces": [{"NetworkInterfaceId": "eni-0abc", "Association": {"PublicIp": "203.0.113.7"}}]},
             {"NetworkInterfaceIds": ["eni-0abc"]},
         )
-        url = rollout.endpoint(ecs, ec2, elbv2, CLUSTER, SERVICE, ARN.format(5), 8080, None)
+        url = rollout.public_endpoint(ecs, ec2, CLUSTER, SERVICE, ARN.format(5), 8080)
     assert url == "http://203.0.113.7:8080"
 
 
 def test_tasks_of_an_older_revision_give_no_endpoint():
-    ecs, ec2, elbv2 = client("ecs"), client("ec2"), client("elbv2")
+    ecs, ec2 = client("ecs"), client("ec2")
     task_arn = "arn:aws:ecs:eu-west-1:123456789012:task/tweetbot/old"
     with Stubber(ecs) as stub:
         stub.add_response("list_tasks", {"taskArns": [task_arn]})
@@ -267,28 +267,4 @@ def test_tasks_of_an_older_revision_give_no_endpoint():
             "describe_tasks",
             {"tasks": [{"taskArn": task_arn, "taskDefinitionArn": ARN.format(4), "lastStatus": "RUNNING"}]},
         )
-        assert rollout.endpoint(ecs, ec2, elbv2, CLUSTER, SERVICE, ARN.format(5), 8080, None) is None
-
-
-def test_with_a_target_group_the_endpoint_is_the_load_balancers_dns_name():
-    ecs, ec2, elbv2 = client("ecs"), client("ec2"), client("elbv2")
-    group = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/tweetbot/1"
-    balancer = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:loadbalancer/app/tweetbot/2"
-    with Stubber(elbv2) as stub:
-        stub.add_response(
-            "describe_target_groups",
-            {"TargetGroups": [{"TargetGroupArn": group, "LoadBalancerArns": [balancer]}]},
-            {"TargetGroupArns": [group]},
-        )
-        stub.add_response(
-            "describe_load_balancers",
-            {"LoadBalancers": [{"LoadBalancerArn": balancer, "DNSName": "tweetbot-1.eu-west-1.elb.amazonaws.com"}]},
-            {"LoadBalancerArns": [balancer]},
-        )
-        stub.add_response(
-            "describe_listeners",
-            {"Listeners": [{"Port": 443, "Protocol": "HTTPS"}, {"Port": 80, "Protocol": "HTTP"}]},
-            {"LoadBalancerArn": balancer},
-        )
-        url = rollout.endpoint(ecs, ec2, elbv2, CLUSTER, SERVICE, ARN.format(5), 8080, group)
-    assert url == "https://tweetbot-1.eu-west-1.elb.amazonaws.com"
+        assert rollout.public_endpoint(ecs, ec2, CLUSTER, SERVICE, ARN.format(5), 8080) is None

@@ -119,7 +119,7 @@ def destroy(
     yes: bool = typer.Option(False, "--yes", help="do not ask first (CI)"),
     out: Path = typer.Option(Path("build/deploy.json"), help="the deployment record, removed too"),
 ) -> None:
-    """Remove everything `deploy` created: service, autoscaling, task definitions, cluster, role, logs, images."""
+    """Remove everything `deploy` created: service, autoscaling, load balancer, security groups, cluster, images..."""
     from deploy import run
     from tweetbot import params
 

@@ -124,8 +124,10 @@ class ImageParams:
 
 @dataclass(frozen=True)
 class DeployParams:
+    """params.yaml `deploy:`; deploy/checks.py checks the values against what AWS accepts before any call."""
+
     region: str | None = None  # None: the standard AWS chain (AWS_REGION, the profile's region)
-    name: str = "tweetbot"  # names the ECR repository, cluster, service, task family, log group and role
+    name: str = "tweetbot"  # names every resource: repository, cluster, service, load balancer, log group, role...
     cpu: int = 1024  # Fargate CPU units (1024 = 1 vCPU)
     memory: int = 2048  # MiB
     port: int = 8080
@@ -133,20 +135,20 @@ class DeployParams:
     min_tasks: int = 1
     max_tasks: int = 4
     cpu_target_percent: float = 70.0  # target tracking on the service's average CPU
+    requests_per_task: int = 1000  # target tracking on requests per task per minute (with a load balancer)
+    scale_out_cooldown_s: int = 60
+    scale_in_cooldown_s: int = 300
+    load_balancer: bool = True  # false: one public task, no load balancer (the cheapest bot)
+    certificate_arn: str | None = None  # an ACM certificate of the region: HTTPS on 443, 80 redirects to it
+    allowed_cidrs: list = dataclasses.field(default_factory=lambda: ["0.0.0.0/0"])  # who may reach the service
+    target_group_arn: str | None = None  # a target group of your own load balancer, instead of tweetbot's
     subnets: list = dataclasses.field(default_factory=list)  # empty: the default VPC's default subnets
-    security_groups: list = dataclasses.field(default_factory=list)  # empty: a group opening only `port`
-    assign_public_ip: bool = True
-    target_group_arn: str | None = None  # a load balancer target group; the endpoint is then its DNS name
+    security_groups: list = dataclasses.field(default_factory=list)  # empty: a group of tweetbot's own
+    assign_public_ip: bool = True  # tasks in public subnets need it to pull the image (or a NAT / VPC endpoints)
+    spot: bool = False  # run the tasks on Fargate Spot (cheaper, may be reclaimed with 2 minutes' notice)
     log_retention_days: int = 30
     rollout_timeout_s: float = 900
     environment: dict = dataclasses.field(default_factory=dict)  # non-secret variables for the container
-
-    def __post_init__(self):
-        if not self.min_tasks <= self.desired_count <= self.max_tasks:
-            raise UserError(
-                f"params.yaml: deploy.desired_count {self.desired_count} must lie between deploy.min_tasks "
-                f"{self.min_tasks} and deploy.max_tasks {self.max_tasks}: fix one of them"
-            )
 
 
 @dataclass(frozen=True)
