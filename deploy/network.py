@@ -1,7 +1,7 @@
 """Where the service runs: the VPC and subnets, and the security groups that decide who reaches what.
 
 Without deploy.subnets the tasks (and the load balancer) go into the default VPC's default subnets, which are
-public, one per zone. A security group of tweetbot's own lets into the tasks only the service port: from the
+public, one per zone (of three zones at most). A security group of tweetbot's own lets into the tasks only the service port: from the
 load balancer's group when there is one, else (the single public task) from deploy.allowed_cidrs. Everything
 may go out: tasks pull from ECR and write logs.
 """
@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from deploy.aws import Aws
 from tweetbot.runtime.errors import UserError
+
+# Of the default subnets (one per zone), the first three zones': they ride out a zone's outage, and each zone
+# the load balancer spans costs a public IPv4 address (us-east-1 has six zones).
+DEFAULT_ZONES = 3
 
 
 def placement(aws: Aws, subnets: list[str], zones_needed: int) -> tuple[str, list[str]]:
@@ -28,6 +32,7 @@ def placement(aws: Aws, subnets: list[str], zones_needed: int) -> tuple[str, lis
         )["Subnets"]
         if not found:
             raise UserError(f"the default VPC {vpc} has no default subnets: set deploy.subnets in params.yaml")
+        found = sorted(found, key=lambda subnet: subnet["AvailabilityZone"])[:DEFAULT_ZONES]
     zones = sorted({subnet["AvailabilityZone"] for subnet in found})
     if len(zones) < zones_needed:
         where = "deploy.subnets" if subnets else f"the default subnets of {vpc}"

@@ -15,7 +15,7 @@ import os
 
 import pytest
 
-from deploy import balancer, ecs, run, shutdown
+from deploy import balancer, ecs, network, run, shutdown
 from deploy.aws import Aws, is_mutating
 from tests.aws import REGION, counting_session, layer, moto_server, write_image
 from tweetbot import params
@@ -513,6 +513,18 @@ def test_destroy_removes_everything_deploy_made_and_then_finds_nothing(tmp_path,
     session, calls = counting_session()
     assert run.destroy(settings(name), tmp_path / "deploy.json", session=session) == []
     assert mutating(calls) == []
+
+
+def test_the_default_subnets_are_those_of_three_zones_and_a_load_balancer_needs_two(moto_url):
+    aws = Aws("us-east-1")  # six zones, six default subnets
+    vpc, subnets = network.placement(aws, [], zones_needed=2)
+    found = aws.client("ec2").describe_subnets(SubnetIds=subnets)["Subnets"]
+    found.sort(key=lambda subnet: subnet["AvailabilityZone"])
+    assert [subnet["AvailabilityZone"] for subnet in found] == ["us-east-1a", "us-east-1b", "us-east-1c"]
+    assert {subnet["VpcId"] for subnet in found} == {vpc}
+    with pytest.raises(UserError, match=r"deploy.subnets cover 1 zone\(s\) \(us-east-1a\): a load balancer needs"):
+        network.placement(aws, [found[0]["SubnetId"]], zones_needed=2)
+    assert network.placement(aws, [found[0]["SubnetId"]], zones_needed=1) == (vpc, [found[0]["SubnetId"]])
 
 
 def test_the_image_record_and_the_layout_must_agree(tmp_path, name):
