@@ -81,6 +81,7 @@ update: install  ## fetch new posts, fine-tune, deploy only a better model, reco
 	$(BIN)/dvc push
 
 # A fake AWS on this machine, to try `make deploy` without an account: see "Try it without AWS" in README.md.
+# It is the tests' (tests/aws.py): moto, whose ECS reports tasks running and completes each rollout at once.
 MOTO_PORT ?= 5000
 moto: install  ## a local fake AWS (moto server) on 127.0.0.1:5000 (MOTO_PORT=...); Ctrl-C stops it
-	MOTO_IAM_LOAD_MANAGED_POLICIES=true MOTO_ECS_SERVICE_RUNNING=1 $(BIN)/moto_server -H 127.0.0.1 -p $(MOTO_PORT)
+	MOTO_IAM_LOAD_MANAGED_POLICIES=true MOTO_ECS_SERVICE_RUNNING=1 $(BIN)/python -m tests.aws --port $(MOTO_PORT)

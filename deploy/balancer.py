@@ -171,18 +171,22 @@ def _ensure_load_balancer(aws: Aws, name: str, subnets: list[str], group: str, t
 
 def _ensure_attributes(aws: Aws, arn: str | None, name: str) -> None:
     elbv2 = aws.client("elbv2")
-    current = {}
-    if arn is not None:
-        attributes = elbv2.describe_load_balancer_attributes(LoadBalancerArn=arn)["Attributes"]
-        current = {item["Key"]: item["Value"] for item in attributes}
-    wrong = {key: value for key, value in LOAD_BALANCER_ATTRIBUTES.items() if current.get(key) != value}
+    current = elbv2.describe_load_balancer_attributes(LoadBalancerArn=arn)["Attributes"] if arn else []
+    _correct_attributes(
+        aws,
+        f"drop requests with invalid header fields at load balancer {name}",
+        LOAD_BALANCER_ATTRIBUTES,
+        current,
+        lambda attributes: elbv2.modify_load_balancer_attributes(LoadBalancerArn=arn, Attributes=attributes),
+    )
+
+
+def _correct_attributes(aws: Aws, description: str, wanted: dict, current: list, modify: Callable) -> None:
+    """Set those of the `wanted` attributes that `current` (a Describe*Attributes answer) does not have."""
+    have = {item["Key"]: item["Value"] for item in current}
+    wrong = [{"Key": key, "Value": value} for key, value in wanted.items() if have.get(key) != value]
     if wrong:
-        aws.change(
-            f"drop requests with invalid header fields at load balancer {name}",
-            lambda: elbv2.modify_load_balancer_attributes(
-                LoadBalancerArn=arn, Attributes=[{"Key": key, "Value": value} for key, value in wrong.items()]
-            ),
-        )
+        aws.change(description, lambda: modify(wrong))
 
 
 def _ensure_target_group(aws: Aws, name: str, vpc: str, tags) -> str | None:
@@ -204,7 +208,7 @@ def _ensure_target_group(aws: Aws, name: str, vpc: str, tags) -> str | None:
                 **HEALTH_CHECK,
             )["TargetGroups"][0]["TargetGroupArn"],
         )
-        current = {}
+        current = []
     else:
         arn = group["TargetGroupArn"]
         if group["VpcId"] != vpc:
@@ -217,16 +221,14 @@ def _ensure_target_group(aws: Aws, name: str, vpc: str, tags) -> str | None:
                 f"check {shutdown.HEALTH_CHECK_PATH} every {shutdown.HEALTH_CHECK_INTERVAL_S} s in target group {name}",
                 lambda: elbv2.modify_target_group(TargetGroupArn=arn, **HEALTH_CHECK),
             )
-        attributes = elbv2.describe_target_group_attributes(TargetGroupArn=arn)["Attributes"]
-        current = {item["Key"]: item["Value"] for item in attributes}
-    wrong = {key: value for key, value in TARGET_GROUP_ATTRIBUTES.items() if current.get(key) != value}
-    if wrong:
-        aws.change(
-            f"give a leaving task {shutdown.DEREGISTRATION_DELAY_S} s to finish its requests (target group {name})",
-            lambda: elbv2.modify_target_group_attributes(
-                TargetGroupArn=arn, Attributes=[{"Key": key, "Value": value} for key, value in wrong.items()]
-            ),
-        )
+        current = elbv2.describe_target_group_attributes(TargetGroupArn=arn)["Attributes"]
+    _correct_attributes(
+        aws,
+        f"give a leaving task {shutdown.DEREGISTRATION_DELAY_S} s to finish its requests (target group {name})",
+        TARGET_GROUP_ATTRIBUTES,
+        current,
+        lambda attributes: elbv2.modify_target_group_attributes(TargetGroupArn=arn, Attributes=attributes),
+    )
     return arn
 
 

@@ -1,9 +1,9 @@
 """Where the service runs: the VPC and subnets, and the security groups that decide who reaches what.
 
 Without deploy.subnets the tasks (and the load balancer) go into the default VPC's default subnets, which are
-public, one per zone (of three zones at most). A security group of tweetbot's own lets into the tasks only the service port: from the
-load balancer's group when there is one, else (the single public task) from deploy.allowed_cidrs. Everything
-may go out: tasks pull from ECR and write logs.
+public, one per zone (of three zones at most). A security group of tweetbot's own lets into the tasks only the
+service port: from the load balancer's group when there is one, else (the single public task) from
+deploy.allowed_cidrs. Everything may go out: tasks pull from ECR and write logs.
 """
 
 from __future__ import annotations

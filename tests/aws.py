@@ -57,10 +57,7 @@ NO_AWS_ENV = (
 def moto_server() -> Iterator[str]:
     """A moto server on 127.0.0.1 at a free port, with the fake AWS environment set; yields its URL."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with (
-        patched_environ({**FAKE_AWS_ENV}, remove=NO_AWS_ENV),
-        mock.patch.object(EC2ContainerServiceBackend, "update_service", _update_service_and_roll_out),
-    ):
+    with patched_environ({**FAKE_AWS_ENV}, remove=NO_AWS_ENV), ecs_that_rolls_out():
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
@@ -73,6 +70,11 @@ def moto_server() -> Iterator[str]:
 
 
 _moto_update_service = EC2ContainerServiceBackend.update_service
+
+
+def ecs_that_rolls_out():
+    """moto's ECS, each `update_service` followed by the rollout ECS makes of it (see the module's docstring)."""
+    return mock.patch.object(EC2ContainerServiceBackend, "update_service", _update_service_and_roll_out)
 
 
 def _update_service_and_roll_out(backend, service_properties):
@@ -200,3 +202,25 @@ def write_image(build: Path, layers: list[bytes], tag: str = "0123abcd", model_v
     }
     (build / "image.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def main() -> None:
+    """`make moto`: this fake AWS on 127.0.0.1, until Ctrl-C."""
+    import argparse
+    import threading
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=5000)
+    port = parser.parse_args().port
+    with ecs_that_rolls_out():
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        print(f"a fake AWS on http://127.0.0.1:{port}: Ctrl-C stops it", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
