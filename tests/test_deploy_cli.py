@@ -214,8 +214,12 @@ def test_make_deploy_deploys_again_after_a_destroy(tmp_path, moto_url):
         services = ecs.describe_services(cluster=name, services=[name]).get("services", [])
         return services[0]["status"] if services else None
 
-    assert "Running stage 'deploy/dvc.yaml:deploy'" in make_deploy().stdout
-    assert service_status() == "ACTIVE" and (root / "build" / "deploy.json").exists()
+    first = make_deploy()
+    assert "Running stage 'deploy/dvc.yaml:deploy'" in first.stdout
+    assert service_status() == "ACTIVE"
+    endpoint = json.loads((root / "build" / "deploy.json").read_text())["endpoint"]
+    assert endpoint.startswith(f"http://{name}-") and endpoint.endswith(".eu-west-1.elb.amazonaws.com")
+    assert [line for line in first.stderr.splitlines() if line.startswith("endpoint:")] == [f"endpoint: {endpoint}"]
     assert run(root, str(TWEETBOT), "destroy", "--yes", env=env).returncode == 0
     assert service_status() == "INACTIVE" and not (root / "build" / "deploy.json").exists()
     again = make_deploy()
