@@ -17,6 +17,7 @@ from deploy.aws import unreachable
 from tests.aws import FAKE_AWS_ENV, NO_AWS_ENV, counting_session, layer, moto_server, patched_environ, write_image
 from tests.conftest import REPO
 from tests.live_service import free_port
+from tests.pipeline import source_tree
 
 TWEETBOT = REPO / ".venv" / "bin" / "tweetbot"
 NAMES = (f"cli{number}" for number in itertools.count())
@@ -191,9 +192,10 @@ def test_aws_region_alone_is_enough_as_for_the_other_aws_tools(project):
 def test_make_deploy_deploys_again_after_a_destroy(tmp_path, moto_url):
     """`make deploy` (its recipe, from the Makefile), `tweetbot destroy --yes`, `make deploy`: deployed again."""
     root, name = tmp_path / "project", next(NAMES)
+    source = source_tree()  # the working tree, without its pipeline state
     for path in ("deploy", "stages", "src", "service", "Dockerfile", "pyproject.toml", "uv.lock"):
-        copy = shutil.copytree if (REPO / path).is_dir() else shutil.copy2
-        copy(REPO / path, root / path)
+        copy = shutil.copytree if (source / path).is_dir() else shutil.copy2
+        copy(source / path, root / path)
     (root / "stages" / "image.py").write_text(FAKE_IMAGE_STAGE)
     (root / "models" / "export").mkdir(parents=True)
     (root / "models" / "export" / "manifest.json").write_text('{"version": "m1"}')
