@@ -79,8 +79,9 @@ def ensure(
         tags,
         purpose=f"the load balancer: {' and '.join(map(str, ports))} from deploy.allowed_cidrs",
     )
-    balancer = _ensure_load_balancer(aws, name, subnets, group, tags)
-    target_group = _ensure_target_group(aws, name, vpc, tags)
+    found_balancer, found_group = find(aws, name)
+    balancer = _ensure_load_balancer(aws, name, found_balancer, subnets, group, tags)
+    target_group = _ensure_target_group(aws, name, found_group, vpc, tags)
     _ensure_listeners(aws, balancer["LoadBalancerArn"], target_group, certificate_arn, tags)
     return Balancer(target_group, balancer["LoadBalancerArn"], balancer["DNSName"], (group,), bool(certificate_arn))
 
@@ -131,9 +132,8 @@ def _described(describe: Callable[[], list], missing: str) -> dict | None:
     return found[0] if found else None
 
 
-def _ensure_load_balancer(aws: Aws, name: str, subnets: list[str], group: str, tags) -> dict:
+def _ensure_load_balancer(aws: Aws, name: str, balancer: dict | None, subnets: list[str], group: str, tags) -> dict:
     elbv2 = aws.client("elbv2")
-    balancer, _ = find(aws, name)
     if balancer is None:
         created = aws.change(
             f"create load balancer {name} (internet-facing, {len(subnets)} zones)",
@@ -189,11 +189,10 @@ def _correct_attributes(aws: Aws, description: str, wanted: dict, current: list,
         aws.change(description, lambda: modify(wrong))
 
 
-def _ensure_target_group(aws: Aws, name: str, vpc: str, tags) -> str | None:
+def _ensure_target_group(aws: Aws, name: str, group: dict | None, vpc: str, tags) -> str | None:
     """The target group's ARN (None when only planned). Its port is only a default: ECS registers each task
     with the container's port, and the health check goes to the port traffic goes to."""
     elbv2 = aws.client("elbv2")
-    _, group = find(aws, name)
     if group is None:
         arn = aws.change(
             f"create target group {name} (type ip, health check {shutdown.HEALTH_CHECK_PATH})",

@@ -100,23 +100,7 @@ def deploy(
         own_balancer = params.load_balancer and not params.target_group_arn
         vpc, subnets = network.placement(aws, params.subnets, zones_needed=2 if own_balancer else 1)
         front = _ensure_balancer(aws, params, vpc, subnets, tags)
-        security_groups = params.security_groups or [
-            network.ensure_security_group(
-                aws,
-                network.tasks_group_name(params.name),
-                vpc,
-                [
-                    network.from_groups(params.port, list(front.security_groups))
-                    if front
-                    else network.from_cidrs(params.port, params.allowed_cidrs)
-                ],
-                tags,
-                purpose=f"the tasks: {params.port} from {'the load balancer' if front else 'deploy.allowed_cidrs'}",
-                labels={group: "the load balancer's security group" for group in front.security_groups}
-                if front
-                else None,
-            )
-        ]
+        security_groups = params.security_groups or [_ensure_tasks_group(aws, params, vpc, front, tags)]
         ecs.ensure_service(
             aws,
             cluster=named["cluster"],
@@ -186,6 +170,28 @@ def _ensure_balancer(aws: Aws, params, vpc: str, subnets: list[str], tags) -> ba
     if params.target_group_arn:
         return balancer.adopt(aws.client("elbv2"), params.target_group_arn)
     return balancer.ensure(aws, params.name, vpc, subnets, params.allowed_cidrs, params.certificate_arn, tags)
+
+
+def _ensure_tasks_group(aws: Aws, params, vpc: str, front: balancer.Balancer | None, tags) -> str:
+    """The tasks' own security group: the service port from the load balancer's groups, or without one from
+    deploy.allowed_cidrs."""
+    if front:
+        ingress = network.from_groups(params.port, list(front.security_groups))
+        source, labels = (
+            "the load balancer",
+            {group: "the load balancer's security group" for group in front.security_groups},
+        )
+    else:
+        ingress, source, labels = network.from_cidrs(params.port, params.allowed_cidrs), "deploy.allowed_cidrs", {}
+    return network.ensure_security_group(
+        aws,
+        network.tasks_group_name(params.name),
+        vpc,
+        [ingress],
+        tags,
+        purpose=f"the tasks: {params.port} from {source}",
+        labels=labels,
+    )
 
 
 def _remove_balancer(aws: Aws, name: str, vpc: str | None) -> None:
