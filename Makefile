@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 # Stage commands in dvc.yaml call `python`: the project venv must come first on PATH.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help install demo test test-slow lint bench bench-quality bench-lr bench-samples bench-posts plots serve deploy update moto
+.PHONY: help install kernels demo test test-slow lint bench bench-quality bench-lr bench-samples bench-posts plots serve deploy update moto
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -15,7 +15,8 @@ help:  ## list the targets
 # Every target runs `install` first; the stamp (inside .venv, so a removed .venv installs again) makes that
 # free when the lock files have not changed since the last install.
 INSTALLED := .venv/.installed-uv$(UV_VERSION)
-install: $(INSTALLED)  ## install uv (pinned) and the locked dependencies into .venv
+KERNEL := src/tweetbot/kernels/lstm_onednn.so
+install: $(INSTALLED) $(KERNEL)  ## install uv (pinned), the locked dependencies into .venv, the fused kernel
 $(INSTALLED): uv.lock pyproject.toml .github/lint/package-lock.json
 	@uv --version 2>/dev/null | grep -q ' $(UV_VERSION)' || python3 -m pip install --quiet uv==$(UV_VERSION)
 	uv sync --frozen --compile-bytecode
@@ -23,6 +24,14 @@ $(INSTALLED): uv.lock pyproject.toml .github/lint/package-lock.json
 	@if command -v npm >/dev/null; then npm ci --prefix .github/lint --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: tests/test_deploy_workflows.py will be skipped"; fi
 	@touch $@
+
+# The fused LSTM that training on a CPU runs (src/tweetbot/kernels): oneDNN (headers and library from the lock,
+# installed into .venv) called from XLA through jax.ffi. Needs g++ (Debian: apt-get install g++).
+kernels: $(KERNEL)  ## build the fused oneDNN LSTM kernel (part of install)
+$(KERNEL): src/tweetbot/kernels/lstm_onednn.cc $(INSTALLED)
+	@command -v g++ >/dev/null || { echo "error: g++ not found: install it (Debian: apt-get install g++)" >&2; exit 2; }
+	g++ -O2 -std=c++17 -Wall -shared -fPIC -isystem "$$($(BIN)/python -c 'import jax; print(jax.ffi.include_dir())')" \
+		-isystem .venv/include $< -L.venv/lib -l:libdnnl.so.3 -o $@
 
 # The demo runs the experiment pipeline (dvc.yaml): fetch → preprocess → train → export → evaluate. The delivery
 # pipeline (deploy/dvc.yaml: the image needs a container builder and the deploy AWS) is `make deploy`.

@@ -4,6 +4,8 @@ Contract used by training, the sampler and the service:
     model = CharRNN(vocab_size, rnn_size, num_layers, cell)
     logits, carry = model.apply(variables, tokens[B, T], carry, train=False)
     carry = model.initial_carry(batch_size)   # zeros; a pytree, one entry per layer
+`recurrence=` (optional) runs each layer through another function with the contract of RECURRENCES below: training
+on a CPU passes the fused oneDNN LSTM of tweetbot.kernels (pipeline side; the runtime never imports it).
 Dropout follows char-rnn-tensorflow: `input_keep_prob` on each layer's input, `output_keep_prob` on each
 layer's output, only when `train=True` (needs a "dropout" rng).
 
@@ -44,8 +46,9 @@ class CharRNN(nn.Module):
         return tuple(layer for _ in range(self.num_layers))
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, carry, train: bool = False):
+    def __call__(self, tokens: jax.Array, carry, train: bool = False, recurrence=None):
         hidden, width = self.rnn_size, GATES[self.cell] * self.rnn_size
+        recurrence = recurrence or RECURRENCES[self.cell]
         x = nn.Embed(self.vocab_size, hidden, name="embed")(tokens.T)  # time-major: [T, B, H]
         new_carry = []
         for layer in range(self.num_layers):
@@ -53,7 +56,7 @@ class CharRNN(nn.Module):
             w_x = self.param(f"w_x_{layer}", nn.initializers.lecun_normal(), (x.shape[-1], width))
             w_h = self.param(f"w_h_{layer}", nn.initializers.orthogonal(), (hidden, width))
             b = self.param(f"b_{layer}", _bias_init(self.cell), (width,))
-            layer_carry, x = RECURRENCES[self.cell](x, w_x, w_h, b, carry[layer], self.matmul_dtype)
+            layer_carry, x = recurrence(x, w_x, w_h, b, carry[layer], self.matmul_dtype)
             x = nn.Dropout(1.0 - self.output_keep_prob, deterministic=not train)(x)
             new_carry.append(layer_carry)
         dot = partial(mixed_dot_general, jnp.dtype(self.matmul_dtype))

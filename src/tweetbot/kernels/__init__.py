@@ -1,0 +1,100 @@
+"""The fused LSTM for training on a CPU: each layer's forward and backward are one call into oneDNN's LSTM
+primitive (what PyTorch's nn.LSTM runs on a CPU), made from XLA through `jax.ffi`.
+
+    recurrence = kernels.lstm_recurrence(model)   # None: use the model's own pure-JAX recurrence
+
+It is used only where it computes what the pure-JAX recurrence does (float32 LSTM on the CPU backend) and where
+`make kernels` (part of `make install`) built lstm_onednn.so; everywhere else, on a GPU too, training runs the
+pure-JAX scan of tweetbot.runtime.model unchanged. The forward keeps oneDNN's workspace (the gates it computed)
+for the backward, joined to it by `jax.custom_vjp`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LIBRARY = Path(__file__).with_name("lstm_onednn.so")
+ONEDNN = Path(sys.prefix) / "lib" / "libdnnl.so.3"  # from the onednn-cpu-gomp wheel, in the venv's lib/
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    if not LIBRARY.is_file():
+        return None
+    # oneDNN's OpenMP threads sleep when idle instead of spinning, so they leave the cores to XLA's threads
+    # between calls (read once, when libgomp loads).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    ctypes.CDLL(str(ONEDNN), mode=ctypes.RTLD_GLOBAL)
+    library = ctypes.CDLL(str(LIBRARY))
+    library.tweetbot_lstm_workspace_bytes.restype = ctypes.c_int64
+    library.tweetbot_lstm_workspace_bytes.argtypes = [ctypes.c_int64] * 4
+    for name in ("tweetbot_lstm_forward", "tweetbot_lstm_backward"):
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
+    return library
+
+
+def available() -> bool:
+    """Whether the fused kernel is built and JAX computes on the CPU."""
+    return jax.default_backend() == "cpu" and _library() is not None
+
+
+def lstm_recurrence(model):
+    """The fused LSTM for `model` (a CharRNN) where it applies, else None."""
+    if model.cell == "lstm" and model.matmul_dtype == "float32" and available():
+        return lstm
+    return None
+
+
+def _workspace_bytes(time: int, batch: int, inputs: int, hidden: int) -> int:
+    size = _library().tweetbot_lstm_workspace_bytes(time, batch, inputs, hidden)
+    if size < 0:
+        raise RuntimeError(f"oneDNN refused an LSTM of shape T={time} B={batch} I={inputs} H={hidden}")
+    return size
+
+
+def _forward(x, w_x, w_h, b, carry):
+    c0, h0 = carry
+    time, batch, inputs = x.shape
+    hidden = h0.shape[-1]
+    state = jax.ShapeDtypeStruct((batch, hidden), jnp.float32)
+    outputs = (
+        jax.ShapeDtypeStruct((time, batch, hidden), jnp.float32),
+        state,
+        state,
+        jax.ShapeDtypeStruct((_workspace_bytes(time, batch, inputs, hidden),), np.uint8),
+    )
+    return jax.ffi.ffi_call("tweetbot_lstm_forward", outputs)(x, w_x, w_h, b, c0, h0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def lstm(x, w_x, w_h, b, carry, dtype="float32"):
+    """The same contract as tweetbot.runtime.model.lstm (float32 only): ((c, h), hs)."""
+    hs, c, h, _ = _forward(x, w_x, w_h, b, carry)
+    return (c, h), hs
+
+
+def _lstm_fwd(x, w_x, w_h, b, carry, dtype):
+    hs, c, h, workspace = _forward(x, w_x, w_h, b, carry)
+    return ((c, h), hs), (x, w_x, w_h, b, carry, hs, c, h, workspace)
+
+
+def _lstm_bwd(dtype, residuals, cotangents):
+    x, w_x, w_h, b, (c0, h0), hs, c, h, workspace = residuals
+    (dc, dh), dhs = cotangents
+    like = (x, w_x, w_h, b, c0, h0)
+    outputs = tuple(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in like)
+    dx, dw_x, dw_h, db, dc0, dh0 = jax.ffi.ffi_call("tweetbot_lstm_backward", outputs)(
+        x, w_x, w_h, b, c0, h0, hs, c, h, workspace, dhs, dc, dh
+    )
+    return dx, dw_x, dw_h, db, (dc0, dh0)
+
+
+lstm.defvjp(_lstm_fwd, _lstm_bwd)

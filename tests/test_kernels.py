@@ -1,0 +1,85 @@
+"""The fused oneDNN LSTM (tweetbot.kernels): the same numbers as the pure-JAX recurrence, forward and backward,
+and the train step that uses it on a CPU."""
+
+from __future__ import annotations
+
+import platform
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tweetbot import kernels, train
+from tweetbot.params import TrainParams
+from tweetbot.runtime.model import CharRNN, lstm
+
+BUILT_HERE = platform.system() == "Linux" and platform.machine() == "x86_64"  # where make install builds it
+needs_kernel = pytest.mark.skipif(not kernels.available(), reason="fused kernel not built (make kernels)")
+
+
+def relative_error(mine, reference) -> float:
+    return float(jnp.linalg.norm(mine - reference) / jnp.linalg.norm(reference))
+
+
+def layer_inputs(time, batch, inputs, hidden, seed=0):
+    """Inputs at the scale of a real layer: lecun-normal input weights, orthogonal-scale recurrent ones."""
+    keys = jax.random.split(jax.random.key(seed), 6)
+    x = jax.random.normal(keys[0], (time, batch, inputs))
+    w_x = jax.random.normal(keys[1], (inputs, 4 * hidden)) / np.sqrt(inputs)
+    w_h = jax.random.normal(keys[2], (hidden, 4 * hidden)) / np.sqrt(hidden)
+    b = jax.random.normal(keys[3], (4 * hidden,)) * 0.5
+    carry = (jax.random.normal(keys[4], (batch, hidden)), jax.random.normal(keys[5], (batch, hidden)))
+    return x, w_x, w_h, b, carry
+
+
+def test_the_kernel_is_built_where_make_install_builds_it():
+    if not BUILT_HERE:
+        pytest.skip("make install builds the kernel on Linux x86_64 only")
+    assert kernels.available(), "src/tweetbot/kernels/lstm_onednn.so missing or unloadable: run `make kernels`"
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [(6, 3, 4, 5), (64, 4, 48, 128)])
+def test_values_and_gradients_match_autodiff_of_the_plain_recurrence(shape):
+    args = layer_inputs(*shape)
+    weights = jax.random.normal(jax.random.key(7), (shape[0], shape[1], shape[3]))
+
+    def loss_and_grads(recurrence):
+        def loss(*args):
+            (c, h), hs = recurrence(*args)
+            return jnp.sum(hs * weights) + jnp.sum(c**2) + 3 * jnp.sum(h)
+
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))(*args)
+
+    (value, grads), (reference_value, reference_grads) = loss_and_grads(kernels.lstm), loss_and_grads(lstm.fun)
+    assert abs(value - reference_value) <= 1e-5 * abs(reference_value)
+    for name, mine, reference in zip(["x", "w_x", "w_h", "b", "c0", "h0"], jax.tree.leaves(grads),
+                                     jax.tree.leaves(reference_grads), strict=True):  # fmt: skip
+        assert relative_error(mine, reference) <= 1e-5, name
+
+
+@needs_kernel
+def test_a_train_step_through_the_kernel_is_the_pure_jax_one():
+    model = train.build_model(TrainParams(rnn_size=32, num_layers=2), vocab_size=20)
+    assert kernels.lstm_recurrence(model) is kernels.lstm
+    state = train.create_state(model, TrainParams(), seed=0)
+    tokens = np.random.default_rng(0).integers(0, 20, (8, 17)).astype(np.int32)
+    carry = model.initial_carry(8)
+
+    def step(recurrence):
+        def loss(params):
+            logits, _ = model.apply({"params": params}, tokens[:, :-1], carry, train=True, recurrence=recurrence)
+            return train.cross_entropy(logits, tokens[:, 1:])
+
+        return jax.jit(jax.value_and_grad(loss))(state.params)
+
+    (fused_loss, fused_grads), (loss, grads) = step(kernels.lstm), step(None)
+    np.testing.assert_allclose(fused_loss, loss, rtol=1e-6)
+    for mine, reference in zip(jax.tree.leaves(fused_grads), jax.tree.leaves(grads), strict=True):
+        assert relative_error(mine, reference) <= 1e-5
+
+
+def test_other_models_keep_the_pure_jax_recurrence():
+    for model in (CharRNN(20, cell="gru"), CharRNN(20, cell="rnn"), CharRNN(20, matmul_dtype="bfloat16")):
+        assert kernels.lstm_recurrence(model) is None
