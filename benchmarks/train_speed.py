@@ -4,7 +4,9 @@ Both train embedding -> LSTM -> linear with Adam and global-norm clipping on bat
 characters, carrying the state from window to window, at h128x2 and h512x3. Rounds alternate between the
 implementations so they share the machine's load; each figure is the median of the rounds. PyTorch runs in its
 own venv (benchmarks/.venv-torch; see torch_reference.py) with 1 and with 2 threads, and the faster of the two
-is the reference. The Flax `nn.RNN(OptimizedLSTMCell)` model tweetbot started from runs too, for scale.
+is the reference. "tweetbot" is what training runs here (on a CPU, the fused oneDNN LSTM of tweetbot.kernels
+where it is built); "tweetbot pure JAX" is the scan it falls back to (and runs on a GPU). The Flax
+`nn.RNN(OptimizedLSTMCell)` model tweetbot started from runs too, for scale.
 GFLOP/s count the multiply-adds of the matmuls (2 FLOPs each; backward = 2x forward) against a numpy float32
 matmul measured in the same run. Goal: tweetbot >= 1.1x PyTorch at both sizes.
 Run: `python -m benchmarks train` (part of `make bench`).
@@ -13,6 +15,7 @@ Run: `python -m benchmarks train` (part of `make bench`).
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -22,7 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from tweetbot import train
+from tweetbot import kernels, train
 from tweetbot.params import TrainParams
 
 HERE = Path(__file__).parent
@@ -61,13 +64,13 @@ def flops_per_char(rnn_size: int, num_layers: int) -> float:
     return 3 * forward
 
 
-def jax_trainer(model) -> callable:
+def jax_trainer(model, fused: bool = True) -> callable:
     """A function that trains `model` for about `seconds` and returns chars/s."""
     state = train.create_state(model, TrainParams(), seed=0)
     carry = model.initial_carry(BATCH)
     tokens = np.random.default_rng(0).integers(0, VOCAB, (BATCH, SEQ + 1)).astype(np.int32)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    step = train.make_train_step(model, seed=0).lower(state, carry, inputs, targets).compile()
+    step = train.make_train_step(model, seed=0, fused=fused).lower(state, carry, inputs, targets).compile()
     box = [state, carry]
 
     def measure(seconds: float) -> float:
@@ -125,12 +128,23 @@ def numpy_peak_gflops(seconds: float = 1.0) -> float:
     return best
 
 
+def cpu() -> str:
+    """The CPU's model name and the vector and matrix extensions that matter here."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    return f"{name} x{os.cpu_count()} ({', '.join(f for f in wanted if f in flags) or 'no AVX-512'})"
+
+
 def main() -> dict:
     implementations = {}
     for rnn_size, num_layers in SIZES:
         params = TrainParams(rnn_size=rnn_size, num_layers=num_layers)
         tweetbot = train.build_model(params, VOCAB)
         implementations[(rnn_size, num_layers, "tweetbot")] = jax_trainer(tweetbot)
+        if kernels.lstm_recurrence(tweetbot):
+            implementations[(rnn_size, num_layers, "tweetbot pure JAX")] = jax_trainer(tweetbot, fused=False)
         implementations[(rnn_size, num_layers, "tweetbot bf16")] = jax_trainer(tweetbot.clone(matmul_dtype="bfloat16"))
         implementations[(rnn_size, num_layers, "flax nn.RNN")] = jax_trainer(FlaxLSTM(VOCAB, rnn_size, num_layers))
     torch = Torch() if TORCH_PYTHON.exists() else None
@@ -140,13 +154,14 @@ def main() -> dict:
                 implementations[(rnn_size, num_layers, f"torch {threads} thread")] = (
                     lambda s, h=rnn_size, n=num_layers, t=threads: torch.measure(h, n, t, s)
                 )
-    peaks = [numpy_peak_gflops()]
+    peaks, loads = [numpy_peak_gflops()], [os.getloadavg()[0]]
     figures = {key: [] for key in implementations}
     for _ in range(ROUNDS):  # interleaved: every implementation once per round
         for key, measure in implementations.items():
             figures[key].append(measure(SECONDS))
         peaks.append(numpy_peak_gflops())
-    notes = []
+        loads.append(os.getloadavg()[0])
+    notes = [f"fused oneDNN LSTM: {'used' if kernels.available() else 'not built (make kernels): pure JAX'}"]
     if torch:
         notes.append(f"PyTorch {torch.version()} (the faster of 1 and 2 threads is the reference)")
         torch.close()
@@ -170,4 +185,5 @@ def main() -> dict:
     notes.append(f"numpy float32 matmul peak in this run: {peak:.0f} GFLOP/s (best of {len(peaks)} measurements)")
     notes.append(f"median of {ROUNDS} interleaved rounds of {SECONDS:.0f} s; batch {BATCH}, seq {SEQ}, vocab {VOCAB}")
     notes.append(f"goal: tweetbot >= {GOAL}x PyTorch at both sizes")
+    notes.append(f"CPU: {cpu()}; load average (1 min) during the rounds: {min(loads):.1f} to {max(loads):.1f}")
     return {"title": "Training throughput (chars/s)", "rows": rows, "notes": notes}

@@ -72,15 +72,16 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
-def make_train_step(model: CharRNN, seed: int):
+def make_train_step(model: CharRNN, seed: int, fused: bool = True):
     """One jitted function: forward, loss, gradients, clipping, optimizer update.
 
     `train_step(state, carry, inputs, targets) -> (state, carry, loss)`; the carry returned is the recurrent
     state at the end of the window (no gradient flows through it into the next window: truncated BPTT).
-    On a CPU a float32 LSTM trains through the fused oneDNN kernel where it is built (tweetbot.kernels).
+    On a CPU a float32 LSTM trains through the fused oneDNN kernel where it is built (tweetbot.kernels);
+    `fused=False` keeps the pure-JAX recurrence (the benchmark compares the two).
     """
     dropout_base = jax.random.key(seed + 1)
-    recurrence = kernels.lstm_recurrence(model)
+    recurrence = kernels.lstm_recurrence(model) if fused else None
 
     def train_step(state: TrainState, carry, inputs, targets):
         dropout_key = jax.random.fold_in(dropout_base, state.step)  # same key for the same step, on resume too

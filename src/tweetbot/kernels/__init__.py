@@ -3,8 +3,9 @@ primitive (what PyTorch's nn.LSTM runs on a CPU), made from XLA through `jax.ffi
 
     recurrence = kernels.lstm_recurrence(model)   # None: use the model's own pure-JAX recurrence
 
-It is used only where it computes what the pure-JAX recurrence does (float32 LSTM on the CPU backend) and where
-`make kernels` (part of `make install`) built lstm_onednn.so; everywhere else, on a GPU too, training runs the
+It is used for an LSTM on the CPU backend where `make kernels` (part of `make install`) built lstm_onednn.so,
+in float32 or with bfloat16 matmul inputs (matmul_dtype: x, h and the weights rounded, sums, the cell state and
+the gradients in float32, as the pure-JAX recurrence does); everywhere else, on a GPU too, training runs the
 pure-JAX scan of tweetbot.runtime.model unchanged. The forward keeps oneDNN's workspace (the gates it computed)
 for the backward, joined to it by `jax.custom_vjp`.
 """
@@ -35,7 +36,7 @@ def _library() -> ctypes.CDLL | None:
     ctypes.CDLL(str(ONEDNN), mode=ctypes.RTLD_GLOBAL)
     library = ctypes.CDLL(str(LIBRARY))
     library.tweetbot_lstm_workspace_bytes.restype = ctypes.c_int64
-    library.tweetbot_lstm_workspace_bytes.argtypes = [ctypes.c_int64] * 4
+    library.tweetbot_lstm_workspace_bytes.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int]
     for name in ("tweetbot_lstm_forward", "tweetbot_lstm_backward"):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
     return library
@@ -48,46 +49,50 @@ def available() -> bool:
 
 def lstm_recurrence(model):
     """The fused LSTM for `model` (a CharRNN) where it applies, else None."""
-    if model.cell == "lstm" and model.matmul_dtype == "float32" and available():
+    if model.cell == "lstm" and available():
         return lstm
     return None
 
 
-def _workspace_bytes(time: int, batch: int, inputs: int, hidden: int) -> int:
-    size = _library().tweetbot_lstm_workspace_bytes(time, batch, inputs, hidden)
+def _workspace_bytes(time: int, batch: int, inputs: int, hidden: int, dtype) -> int:
+    size = _library().tweetbot_lstm_workspace_bytes(time, batch, inputs, hidden, dtype == jnp.bfloat16)
     if size < 0:
-        raise RuntimeError(f"oneDNN refused an LSTM of shape T={time} B={batch} I={inputs} H={hidden}")
+        raise RuntimeError(f"oneDNN refused an LSTM of shape T={time} B={batch} I={inputs} H={hidden} {dtype}")
     return size
 
 
-def _forward(x, w_x, w_h, b, carry):
+def _forward(x, w_x, w_h, b, carry, dtype):
+    """oneDNN's forward: (hs, c, h, workspace), and the matmul inputs as it read them (rounded to `dtype`)."""
+    dtype = jnp.dtype(dtype)
     c0, h0 = carry
+    x, w_x, w_h, h0 = (a.astype(dtype) for a in (x, w_x, w_h, h0))
     time, batch, inputs = x.shape
     hidden = h0.shape[-1]
-    state = jax.ShapeDtypeStruct((batch, hidden), jnp.float32)
     outputs = (
-        jax.ShapeDtypeStruct((time, batch, hidden), jnp.float32),
-        state,
-        state,
-        jax.ShapeDtypeStruct((_workspace_bytes(time, batch, inputs, hidden),), np.uint8),
+        jax.ShapeDtypeStruct((time, batch, hidden), dtype),
+        jax.ShapeDtypeStruct((batch, hidden), jnp.float32),
+        jax.ShapeDtypeStruct((batch, hidden), dtype),
+        jax.ShapeDtypeStruct((_workspace_bytes(time, batch, inputs, hidden, dtype),), np.uint8),
     )
-    return jax.ffi.ffi_call("tweetbot_lstm_forward", outputs)(x, w_x, w_h, b, c0, h0)
+    hs, c, h, workspace = jax.ffi.ffi_call("tweetbot_lstm_forward", outputs)(x, w_x, w_h, b, c0, h0)
+    return (hs, c, h, workspace), (x, w_x, w_h, h0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def lstm(x, w_x, w_h, b, carry, dtype="float32"):
-    """The same contract as tweetbot.runtime.model.lstm (float32 only): ((c, h), hs)."""
-    hs, c, h, _ = _forward(x, w_x, w_h, b, carry)
-    return (c, h), hs
+    """The same contract as tweetbot.runtime.model.lstm: ((c, h), hs), all float32."""
+    (hs, c, h, _), _ = _forward(x, w_x, w_h, b, carry, dtype)
+    return (c, h.astype(jnp.float32)), hs.astype(jnp.float32)
 
 
 def _lstm_fwd(x, w_x, w_h, b, carry, dtype):
-    hs, c, h, workspace = _forward(x, w_x, w_h, b, carry)
-    return ((c, h), hs), (x, w_x, w_h, b, carry, hs, c, h, workspace)
+    (hs, c, h, workspace), read = _forward(x, w_x, w_h, b, carry, dtype)
+    outputs = ((c, h.astype(jnp.float32)), hs.astype(jnp.float32))
+    return outputs, (*read, b, carry[0], hs, c, h, workspace)
 
 
 def _lstm_bwd(dtype, residuals, cotangents):
-    x, w_x, w_h, b, (c0, h0), hs, c, h, workspace = residuals
+    x, w_x, w_h, h0, b, c0, hs, c, h, workspace = residuals
     (dc, dh), dhs = cotangents
     like = (x, w_x, w_h, b, c0, h0)
     outputs = tuple(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in like)

@@ -27,6 +27,8 @@ using dnnl::memory;
 using Tag = memory::format_tag;
 using F32 = ffi::Buffer<ffi::F32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
+using Any = ffi::AnyBuffer;  // f32 or bf16: x, the weights and h (what the matmuls read)
+using AnyOut = ffi::Result<ffi::AnyBuffer>;
 
 namespace {
 
@@ -35,39 +37,46 @@ dnnl::engine& Engine() {
   return engine;
 }
 
-memory::desc Desc(memory::dims dims, Tag tag) { return memory::desc(dims, memory::data_type::f32, tag); }
+using Type = memory::data_type;
+memory::desc Desc(memory::dims dims, Tag tag, Type type = Type::f32) { return memory::desc(dims, type, tag); }
 
-// Everything the two calls need for one shape (time, batch, input width, hidden width).
+// Everything the two calls need for one shape (time, batch, input width, hidden width) and data type: f32, or
+// bf16 for x, h and the weights (the matmul inputs; oneDNN sums in f32, and the cell state c and the bias stay
+// f32), with the gradients in f32.
 struct Layer {
   dnnl::lstm_forward::primitive_desc fwd_pd;
   dnnl::lstm_backward::primitive_desc bwd_pd;
   dnnl::lstm_forward fwd;
   dnnl::lstm_backward bwd;
-  memory::desc w_x, w_h;                // ldigo, tweetbot's layout
+  memory::desc w_x, w_h, dw_x, dw_h;    // ldigo, tweetbot's layout (the gradients in f32)
   memory::desc w_x_fwd, w_h_fwd;        // what the forward primitive wants
   memory::desc w_x_bwd, w_h_bwd;        // what the backward primitive wants
   memory::desc dw_x_bwd, dw_h_bwd;      // the weight gradients it writes, reordered to ldigo if they differ
   memory fwd_scratch, bwd_scratch;
   std::mutex running;                   // one call at a time uses the scratch buffers
 
-  Layer(int64_t T, int64_t B, int64_t I, int64_t H) {
+  Layer(int64_t T, int64_t B, int64_t I, int64_t H, Type type) {
     auto& e = Engine();
-    auto x = Desc({T, B, I}, Tag::tnc), hs = Desc({T, B, H}, Tag::tnc);
-    auto state = Desc({1, 1, B, H}, Tag::ldnc);
-    w_x = Desc({1, 1, I, 4, H}, Tag::ldigo);
-    w_h = Desc({1, 1, H, 4, H}, Tag::ldigo);
+    auto x = Desc({T, B, I}, Tag::tnc, type), hs = Desc({T, B, H}, Tag::tnc, type);
+    auto h = Desc({1, 1, B, H}, Tag::ldnc, type), c = Desc({1, 1, B, H}, Tag::ldnc);
+    w_x = Desc({1, 1, I, 4, H}, Tag::ldigo, type);
+    w_h = Desc({1, 1, H, 4, H}, Tag::ldigo, type);
+    dw_x = Desc({1, 1, I, 4, H}, Tag::ldigo);
+    dw_h = Desc({1, 1, H, 4, H}, Tag::ldigo);
     auto bias = Desc({1, 1, 4, H}, Tag::ldgo);
+    auto dx = Desc({T, B, I}, Tag::tnc), dhs = Desc({T, B, H}, Tag::tnc), dh = Desc({1, 1, B, H}, Tag::ldnc);
     auto direction = dnnl::rnn_direction::unidirectional_left2right;
     // Scratch memory is ours (one buffer per primitive, below), not a library-wide buffer shared across threads.
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     // Weights in whatever layout oneDNN computes fastest with (reordered into it per call: it is small).
-    auto any_x = Desc({1, 1, I, 4, H}, Tag::any), any_h = Desc({1, 1, H, 4, H}, Tag::any);
-    fwd_pd = dnnl::lstm_forward::primitive_desc(e, dnnl::prop_kind::forward_training, direction, x, state, state,
-                                                any_x, any_h, bias, hs, state, state, attr);
-    bwd_pd = dnnl::lstm_backward::primitive_desc(e, dnnl::prop_kind::backward, direction, x, state, state, any_x,
-                                                 any_h, bias, hs, state, state, x, state, state, any_x, any_h, bias,
-                                                 hs, state, state, fwd_pd, attr);
+    auto any_x = Desc({1, 1, I, 4, H}, Tag::any, type), any_h = Desc({1, 1, H, 4, H}, Tag::any, type);
+    auto any_dx = Desc({1, 1, I, 4, H}, Tag::any), any_dh = Desc({1, 1, H, 4, H}, Tag::any);
+    fwd_pd = dnnl::lstm_forward::primitive_desc(e, dnnl::prop_kind::forward_training, direction, x, h, c, any_x,
+                                                any_h, bias, hs, h, c, attr);
+    bwd_pd = dnnl::lstm_backward::primitive_desc(e, dnnl::prop_kind::backward, direction, x, h, c, any_x, any_h,
+                                                 bias, hs, h, c, dx, dh, c, any_dx, any_dh, bias, dhs, dh, c, fwd_pd,
+                                                 attr);
     fwd = dnnl::lstm_forward(fwd_pd);
     bwd = dnnl::lstm_backward(bwd_pd);
     fwd_scratch = memory(fwd_pd.scratchpad_desc(), e);
@@ -82,13 +91,17 @@ struct Layer {
   size_t workspace_bytes() const { return fwd_pd.workspace_desc().get_size(); }
 };
 
-Layer& GetLayer(int64_t T, int64_t B, int64_t I, int64_t H) {
+Layer& GetLayer(int64_t T, int64_t B, int64_t I, int64_t H, Type type) {
   static std::mutex mutex;
-  static std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, std::unique_ptr<Layer>> layers;
+  static std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, Type>, std::unique_ptr<Layer>> layers;
   std::lock_guard<std::mutex> lock(mutex);
-  auto& layer = layers[{T, B, I, H}];
-  if (!layer) layer = std::make_unique<Layer>(T, B, I, H);
+  auto& layer = layers[{T, B, I, H, type}];
+  if (!layer) layer = std::make_unique<Layer>(T, B, I, H, type);
   return *layer;
+}
+
+Type TypeOf(const ffi::AnyBuffer& buffer) {
+  return buffer.element_type() == ffi::DataType::BF16 ? Type::bf16 : Type::f32;
 }
 
 memory Wrap(const memory::desc& desc, const void* data) {
@@ -104,12 +117,12 @@ memory InLayout(const memory::desc& have, const memory::desc& want, const void* 
   return copy;
 }
 
-ffi::Error Forward(F32 x, F32 w_x, F32 w_h, F32 b, F32 c0, F32 h0, Out hs, Out c_last, Out h_last,
+ffi::Error Forward(Any x, Any w_x, Any w_h, F32 b, F32 c0, Any h0, AnyOut hs, Out c_last, AnyOut h_last,
                    ffi::ResultBuffer<ffi::U8> workspace) {
   auto dims = x.dimensions();
   int64_t T = dims[0], B = dims[1], I = dims[2], H = h0.dimensions()[1];
   try {
-    Layer& layer = GetLayer(T, B, I, H);
+    Layer& layer = GetLayer(T, B, I, H, TypeOf(x));
     if (workspace->size_bytes() != layer.workspace_bytes()) return ffi::Error::InvalidArgument("workspace size");
     std::lock_guard<std::mutex> lock(layer.running);
     dnnl::stream stream(Engine());
@@ -134,22 +147,22 @@ ffi::Error Forward(F32 x, F32 w_x, F32 w_h, F32 b, F32 c0, F32 h0, Out hs, Out c
   return ffi::Error::Success();
 }
 
-ffi::Error Backward(F32 x, F32 w_x, F32 w_h, F32 b, F32 c0, F32 h0, F32 hs, F32 c_last, F32 h_last,
+ffi::Error Backward(Any x, Any w_x, Any w_h, F32 b, F32 c0, Any h0, Any hs, F32 c_last, Any h_last,
                     ffi::Buffer<ffi::U8> workspace, F32 d_hs, F32 d_c_last, F32 d_h_last, Out dx, Out dw_x,
                     Out dw_h, Out db, Out dc0, Out dh0) {
   auto dims = x.dimensions();
   int64_t T = dims[0], B = dims[1], I = dims[2], H = h0.dimensions()[1];
   try {
-    Layer& layer = GetLayer(T, B, I, H);
+    Layer& layer = GetLayer(T, B, I, H, TypeOf(x));
     std::lock_guard<std::mutex> lock(layer.running);
     auto& pd = layer.bwd_pd;
     dnnl::stream stream(Engine());
     memory w_x_bwd = InLayout(layer.w_x, layer.w_x_bwd, w_x.untyped_data(), stream);
     memory w_h_bwd = InLayout(layer.w_h, layer.w_h_bwd, w_h.untyped_data(), stream);
     // The primitive adds into the weight and bias gradients: they start from zero.
-    bool dw_x_direct = layer.dw_x_bwd == layer.w_x, dw_h_direct = layer.dw_h_bwd == layer.w_h;
-    memory dw_x_mem = dw_x_direct ? Wrap(layer.w_x, dw_x->untyped_data()) : memory(layer.dw_x_bwd, Engine());
-    memory dw_h_mem = dw_h_direct ? Wrap(layer.w_h, dw_h->untyped_data()) : memory(layer.dw_h_bwd, Engine());
+    bool dw_x_direct = layer.dw_x_bwd == layer.dw_x, dw_h_direct = layer.dw_h_bwd == layer.dw_h;
+    memory dw_x_mem = dw_x_direct ? Wrap(layer.dw_x, dw_x->untyped_data()) : memory(layer.dw_x_bwd, Engine());
+    memory dw_h_mem = dw_h_direct ? Wrap(layer.dw_h, dw_h->untyped_data()) : memory(layer.dw_h_bwd, Engine());
     memory db_mem = Wrap(pd.diff_bias_desc(), db->untyped_data());
     for (memory* m : {&dw_x_mem, &dw_h_mem, &db_mem}) {
       std::memset(m->get_data_handle(), 0, m->get_desc().get_size());
@@ -175,11 +188,11 @@ ffi::Error Backward(F32 x, F32 w_x, F32 w_h, F32 b, F32 c0, F32 h0, F32 hs, F32 
                                {DNNL_ARG_DIFF_BIAS, db_mem},
                                {DNNL_ARG_SCRATCHPAD, layer.bwd_scratch}});
     if (!dw_x_direct) {
-      memory out = Wrap(layer.w_x, dw_x->untyped_data());
+      memory out = Wrap(layer.dw_x, dw_x->untyped_data());
       dnnl::reorder(dw_x_mem, out).execute(stream, dw_x_mem, out);
     }
     if (!dw_h_direct) {
-      memory out = Wrap(layer.w_h, dw_h->untyped_data());
+      memory out = Wrap(layer.dw_h, dw_h->untyped_data());
       dnnl::reorder(dw_h_mem, out).execute(stream, dw_h_mem, out);
     }
     stream.wait();
@@ -193,28 +206,28 @@ ffi::Error Backward(F32 x, F32 w_x, F32 w_h, F32 b, F32 c0, F32 h0, F32 hs, F32 
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(tweetbot_lstm_forward, Forward,
                               ffi::Ffi::Bind()
-                                  .Arg<F32>()  // x
-                                  .Arg<F32>()  // w_x
-                                  .Arg<F32>()  // w_h
+                                  .Arg<Any>()  // x
+                                  .Arg<Any>()  // w_x
+                                  .Arg<Any>()  // w_h
                                   .Arg<F32>()  // b
                                   .Arg<F32>()  // c0
-                                  .Arg<F32>()  // h0
-                                  .Ret<F32>()  // hs
+                                  .Arg<Any>()  // h0
+                                  .Ret<Any>()  // hs
                                   .Ret<F32>()  // c_last
-                                  .Ret<F32>()  // h_last
+                                  .Ret<Any>()  // h_last
                                   .Ret<ffi::Buffer<ffi::U8>>());  // workspace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(tweetbot_lstm_backward, Backward,
                               ffi::Ffi::Bind()
-                                  .Arg<F32>()  // x
-                                  .Arg<F32>()  // w_x
-                                  .Arg<F32>()  // w_h
+                                  .Arg<Any>()  // x
+                                  .Arg<Any>()  // w_x
+                                  .Arg<Any>()  // w_h
                                   .Arg<F32>()  // b
                                   .Arg<F32>()  // c0
-                                  .Arg<F32>()  // h0
-                                  .Arg<F32>()  // hs
+                                  .Arg<Any>()  // h0
+                                  .Arg<Any>()  // hs
                                   .Arg<F32>()  // c_last
-                                  .Arg<F32>()  // h_last
+                                  .Arg<Any>()  // h_last
                                   .Arg<ffi::Buffer<ffi::U8>>()  // workspace
                                   .Arg<F32>()  // d_hs
                                   .Arg<F32>()  // d_c_last
@@ -226,10 +239,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(tweetbot_lstm_backward, Backward,
                                   .Ret<F32>()  // dc0
                                   .Ret<F32>());  // dh0
 
-// The workspace the forward call needs for this shape, in bytes (-1 and a message on stderr if oneDNN refuses).
-extern "C" int64_t tweetbot_lstm_workspace_bytes(int64_t T, int64_t B, int64_t I, int64_t H) {
+// The workspace the forward call needs for this shape and type, in bytes (-1 and a message on stderr if oneDNN
+// refuses).
+// bf16: nonzero for bf16 matmul inputs.
+extern "C" int64_t tweetbot_lstm_workspace_bytes(int64_t T, int64_t B, int64_t I, int64_t H, int bf16) {
   try {
-    return static_cast<int64_t>(GetLayer(T, B, I, H).workspace_bytes());
+    return static_cast<int64_t>(GetLayer(T, B, I, H, bf16 ? Type::bf16 : Type::f32).workspace_bytes());
   } catch (const std::exception& error) {
     std::fprintf(stderr, "oneDNN LSTM: %s\n", error.what());
     return -1;
