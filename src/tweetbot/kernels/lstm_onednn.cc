@@ -18,6 +18,7 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -204,27 +205,22 @@ ffi::Error Backward(Any x, Any w_x, Any w_h, F32 b, F32 c0, Any h0, Any hs, F32 
 
 }  // namespace
 
+// The layer's inputs, the first arguments of both calls: x, w_x, w_h, b, c0, h0.
+template <typename Binding>
+auto LayerInputs(Binding binding) {
+  return std::move(binding).template Arg<Any>().template Arg<Any>().template Arg<Any>()
+      .template Arg<F32>().template Arg<F32>().template Arg<Any>();
+}
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(tweetbot_lstm_forward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Arg<Any>()  // x
-                                  .Arg<Any>()  // w_x
-                                  .Arg<Any>()  // w_h
-                                  .Arg<F32>()  // b
-                                  .Arg<F32>()  // c0
-                                  .Arg<Any>()  // h0
+                              LayerInputs(ffi::Ffi::Bind())
                                   .Ret<Any>()  // hs
                                   .Ret<F32>()  // c_last
                                   .Ret<Any>()  // h_last
                                   .Ret<ffi::Buffer<ffi::U8>>());  // workspace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(tweetbot_lstm_backward, Backward,
-                              ffi::Ffi::Bind()
-                                  .Arg<Any>()  // x
-                                  .Arg<Any>()  // w_x
-                                  .Arg<Any>()  // w_h
-                                  .Arg<F32>()  // b
-                                  .Arg<F32>()  // c0
-                                  .Arg<Any>()  // h0
+                              LayerInputs(ffi::Ffi::Bind())
                                   .Arg<Any>()  // hs
                                   .Arg<F32>()  // c_last
                                   .Arg<Any>()  // h_last
