@@ -146,7 +146,8 @@ def main() -> dict:
         if kernels.lstm_recurrence(tweetbot):
             implementations[(rnn_size, num_layers, "tweetbot pure JAX")] = jax_trainer(tweetbot, fused=False)
         implementations[(rnn_size, num_layers, "tweetbot bf16")] = jax_trainer(tweetbot.clone(matmul_dtype="bfloat16"))
-        implementations[(rnn_size, num_layers, "flax nn.RNN")] = jax_trainer(FlaxLSTM(VOCAB, rnn_size, num_layers))
+        flax_model = FlaxLSTM(VOCAB, rnn_size, num_layers)
+        implementations[(rnn_size, num_layers, "flax nn.RNN")] = jax_trainer(flax_model, fused=False)
     torch = Torch() if TORCH_PYTHON.exists() else None
     if torch:
         for rnn_size, num_layers in SIZES:

@@ -82,13 +82,14 @@ def make_train_step(model: CharRNN, seed: int, fused: bool = True):
     """
     dropout_base = jax.random.key(seed + 1)
     recurrence = kernels.lstm_recurrence(model) if fused else None
+    extra = {"recurrence": recurrence} if recurrence else {}  # the model's own recurrence otherwise
 
     def train_step(state: TrainState, carry, inputs, targets):
         dropout_key = jax.random.fold_in(dropout_base, state.step)  # same key for the same step, on resume too
 
         def loss_fn(params):
             logits, new_carry = state.apply_fn(
-                {"params": params}, inputs, carry, train=True, rngs={"dropout": dropout_key}, recurrence=recurrence
+                {"params": params}, inputs, carry, train=True, rngs={"dropout": dropout_key}, **extra
             )
             return cross_entropy(logits, targets), new_carry
 
