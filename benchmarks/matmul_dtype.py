@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.__main__ import save
-from tweetbot import corpus, fetch, kernels, params, train
+from benchmarks.sample_quality import prepare_demo
+from tweetbot import kernels, params, train
 
 
 def main() -> dict:
@@ -22,11 +23,10 @@ def main() -> dict:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        fetch.run(dataclasses.replace(params.load("fetch"), source="demo"), tmp / "tweets.jsonl")
-        corpus.run(params.load("preprocess"), tmp / "tweets.jsonl", tmp / "data")
+        data = prepare_demo(tmp)
         for dtype in ("float32", "bfloat16"):
             p = dataclasses.replace(base, matmul_dtype=dtype, init_from=None)
-            metrics = train.run(p, tmp / "data", tmp / dtype / "checkpoints", tmp / dtype / "live")
+            metrics = train.run(p, data, tmp / dtype / "checkpoints", tmp / dtype / "live")
             rows.append({
                 "matmul dtype": dtype,
                 "val loss (nats/char)": round(metrics["val_loss"], 4),
