@@ -17,12 +17,33 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CORPORA = REPO.parent / "shared" / "corpora"
 
+PIPELINES = ("dvc.yaml", "deploy/dvc.yaml")
+
+
+def declared_outputs() -> set[str]:
+    """The top folder (or file) of every output the pipelines declare, so a new stage's outputs are STATE too."""
+    tops = set()
+    for pipeline in PIPELINES:
+        document = yaml.safe_load((REPO / pipeline).read_text()) if (REPO / pipeline).is_file() else None
+        for stage in (document or {}).get("stages", {}).values():
+            folder = os.path.join(os.path.dirname(pipeline), stage.get("wdir", "."))
+            for entry in (entry for kind in ("outs", "metrics", "plots") for entry in stage.get(kind, [])):
+                path = os.path.normpath(os.path.join(folder, entry if isinstance(entry, str) else next(iter(entry))))
+                tops.add(path.split(os.sep)[0])
+    return tops
+
+
 # What the pipelines and the commands write in a workspace, and params.yaml (`dvc exp apply` rewrites it).
-STATE = ("data", "models", "dvclive", "build", "dvc_plots", "dvc.lock", "deploy/dvc.lock", "params.yaml", ".dvc/cache")
+STATE = tuple(
+    sorted(
+        {"data", "models", "dvc_plots", "dvc.lock", "deploy/dvc.lock", "params.yaml", ".dvc/cache"} | declared_outputs()
+    )
+)
 SOURCE_IN_STATE = ("data/demo",)  # tracked input data that tests may read (never write)
 
 
