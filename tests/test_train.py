@@ -13,6 +13,7 @@ from tweetbot import checkpoint, train
 from tweetbot.input_pipeline import Lanes, eval_lanes
 from tweetbot.runtime.errors import UserError
 from tweetbot.runtime.model import CharRNN
+from tweetbot.runtime.vocab import Vocab
 
 
 def test_lanes_are_contiguous_and_targets_are_the_next_character():
@@ -135,6 +136,16 @@ def test_fine_tuning_starts_from_a_checkpoint(tmp_path, base, data):
     assert tuned["val_loss"] < base[0]["val_loss"] + 0.05  # starts from the trained weights, not from scratch
     with pytest.raises(UserError, match="does not match"):
         run(tmp_path / "wrong", data, init_from=str(best), rnn_size=32)
+
+
+def test_a_start_that_names_its_vocabulary_is_remapped_to_the_datas(tmp_path, base, data):
+    vocab = Vocab.load(data / "vocab.json")
+    live = Vocab(reversed(vocab.chars[:-1]))  # the live model's: another order, and without the rarest character
+    record = checkpoint.remapped(checkpoint.read(base[1] / "checkpoints" / "best.msgpack"), vocab, live)
+    checkpoint.save(tmp_path / "live.msgpack", record["meta"], record["params"])
+    assert record["meta"]["vocab"] == live.chars and record["meta"]["vocab_size"] == len(vocab) - 1
+    tuned, _ = run(tmp_path, data, init_from=str(tmp_path / "live.msgpack"), max_steps=10, learning_rate=0.001)
+    assert tuned["val_loss"] < base[0]["val_loss"] + 0.05  # the trained weights, each character's where it belongs
 
 
 def test_a_diverging_run_stops_with_one_clear_line(tmp_path, data):

@@ -25,6 +25,7 @@ from tests.pipeline import UP_TO_DATE, dvc, make_project, run
 from tests.test_fetch_x_api import FakeX
 from tweetbot import history, params
 from tweetbot import update as updating
+from tweetbot.rollback import rollback
 from tweetbot.runtime.errors import UserError
 
 FAKE_IMAGE_STAGE = '''"""The image stage without a container builder: the bundle as the one layer of an OCI layout."""
@@ -101,18 +102,18 @@ class Killed(Exception):
     """Stands for a kill of `tweetbot update` half-way."""
 
 
-def kill_after(monkeypatch, *dvc_args: str) -> None:
-    """Make the next update die right after its `dvc *dvc_args` (a re-run must finish the job)."""
-    real = updating.dvc
+def kill_after(monkeypatch, function: str, *first_args) -> None:
+    """Make the next update die right after it calls `function` (with `first_args`): a re-run must finish it."""
+    real = getattr(updating, function)
 
-    def dvc_then_die(*args):
-        result = real(*args)
-        if args == dvc_args:
-            monkeypatch.setattr(updating, "dvc", real)
-            raise Killed(" ".join(args))
+    def call_then_die(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if args[: len(first_args)] == first_args:
+            monkeypatch.setattr(updating, function, real)
+            raise Killed(function, *args)
         return result
 
-    monkeypatch.setattr(updating, "dvc", dvc_then_die)
+    monkeypatch.setattr(updating, function, call_then_die)
 
 
 def md5(path) -> str:
@@ -185,7 +186,7 @@ def test_update_promotes_only_a_better_model_and_rolls_back(project, tmp_path, m
         # (2) new posts, and fine-tuning from the live model beats it on the old validation posts;
         # killed right after the fetch, the re-run finishes the job
         x.posts = timeline[200:]
-        kill_after(monkeypatch, "commit", "--force", "fetch")
+        kill_after(monkeypatch, "dvc", "commit", "--force", "fetch")
         with pytest.raises(Killed):
             run_update(project)
         assert len(history.read()) == 1
@@ -201,15 +202,15 @@ def test_update_promotes_only_a_better_model_and_rolls_back(project, tmp_path, m
         assert_fine_tune_reproduces_in_a_clone(project, tmp_path / "clone")
 
         # (3) new posts and a worse model (a learning rate that wrecks it): recorded, never deployed, and the
-        # pipeline's record of the model is the live one again. Killed after training, the re-run finishes it.
+        # pipeline's record of the model is the live one throughout. Killed after training, the re-run finishes it.
         x.posts = timeline
         set_params(project, train={"learning_rate": 0.5})
         before = {name: (project / name).read_text() for name in ("params.yaml", "models/init.msgpack.dvc")}
         export_entry = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["export"]
-        kill_after(monkeypatch, "repro", "train")
+        kill_after(monkeypatch, "fine_tune")
         with pytest.raises(Killed):
             run_update(project)
-        assert train_out_md5(project) != second["checkpoint_md5"]  # the rejected model, before the re-run
+        assert train_out_md5(project) == second["checkpoint_md5"]  # it trained in a temporary workspace
         assert run_update(project) == "not_promoted"
         rows = history.read()
         assert [row["event"] for row in rows] == ["promoted", "promoted", "not_promoted"]
@@ -225,7 +226,7 @@ def test_update_promotes_only_a_better_model_and_rolls_back(project, tmp_path, m
     # (4) rollback to the first version, without retraining: its data, model and image come back from the DVC
     # cache, and the deploy stage runs them, so dvc.lock and build/deploy.json describe the live service again
     capsys.readouterr()
-    rolled_back = updating.rollback(1)
+    rolled_back = rollback(1)
     assert "Running stage 'train'" not in capsys.readouterr().out
     assert rolled_back["task_definition"] == live_task_definition() != second["task_definition"]
     ecs = boto3.client("ecs")
@@ -235,13 +236,13 @@ def test_update_promotes_only_a_better_model_and_rolls_back(project, tmp_path, m
     assert container["image"] == first["image"]
     assert json.loads((project / "build/deploy.json").read_text())["task_definition"] == live_task_definition()
     assert train_out_md5(project) == md5(project / updating.BEST) == first["checkpoint_md5"]
-    assert json.loads((project / updating.EXPORT_MANIFEST).read_text())["version"] == first["bundle"]
+    assert json.loads((project / "models/export/manifest.json").read_text())["version"] == first["bundle"]
     assert params.load("train").init_from is None and not (project / updating.INIT).exists()
     assert dvc(project, "status").stdout.strip() == UP_TO_DATE
     assert history.live(history.read())["version"] == 1
-    assert updating.rollback(1) is None  # already live: nothing to do
+    assert rollback(1) is None  # already live: nothing to do
     with pytest.raises(UserError, match="no version 7"):
-        updating.rollback(7)
+        rollback(7)
 
     capsys.readouterr()
     table = history.table(history.read())

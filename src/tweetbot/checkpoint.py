@@ -8,7 +8,8 @@ The training stage keeps two under `models/checkpoints/`:
 A file holds `{"meta": <JSON text>, "params": ..., ["opt_state": ..., "carry": ...]}`. `meta` has everything
 needed to rebuild the model without params.yaml: `model` (the CharRNN fields), `train_params` (the whole
 `train:` section), `vocab_size`, `step`, `val_loss`, `val_bpc`, `train_loss`, `best_val_loss`, `chars_seen`,
-`train_seconds`. Read one with `load_checkpoint(path)`.
+`train_seconds`; a fine-tune's start may also hold `vocab`, its characters in id order (see `remapped`). Read one
+with `load_checkpoint(path)`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from flax import serialization
 from tweetbot import atomic
 from tweetbot.runtime.errors import UserError
 from tweetbot.runtime.model import CharRNN
+from tweetbot.runtime.vocab import SPECIALS, UNK, Vocab
 
 BEST = "best.msgpack"
 LAST = "last.msgpack"
@@ -70,6 +72,28 @@ def load_checkpoint(path: Path | str) -> tuple[CharRNN, dict, dict]:
 def restore(template, state_dict):
     """Fill `template` (e.g. a freshly initialised optimizer state) with the arrays of `state_dict`."""
     return serialization.from_state_dict(template, jax.tree.map(jax.numpy.asarray, state_dict))
+
+
+def remapped(record: dict, old: Vocab, new: Vocab) -> dict:
+    """The record (`read`) of a model over vocabulary `old` with its embedding and head rows in the order of `new`.
+
+    Each known character keeps its row and output column; a new one starts as a copy of the unknown symbol's,
+    which is what the old model saw it as. So the model grows and forgets nothing: it scores text as before.
+    """
+    rows = [_old_id(old, new, i) for i in range(len(new))]  # for each new id, the old row it starts from
+    weights = jax.tree.map(np.asarray, record["params"])
+    weights["embed"]["embedding"] = weights["embed"]["embedding"][rows]
+    weights["head"]["kernel"] = weights["head"]["kernel"][:, rows]
+    weights["head"]["bias"] = weights["head"]["bias"][rows]
+    meta = record["meta"] | {"vocab": new.chars, "vocab_size": len(new)}
+    meta["model"] = meta["model"] | {"vocab_size": len(new)}
+    return {**record, "meta": meta, "params": weights}
+
+
+def _old_id(old: Vocab, new: Vocab, new_id: int) -> int:
+    if new_id < len(SPECIALS):
+        return new_id
+    return old.index.get(new.chars[new_id - len(SPECIALS)], UNK)
 
 
 def _to_numpy(tree):

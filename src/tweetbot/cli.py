@@ -153,9 +153,9 @@ def history() -> None:
 @app.command()
 def rollback(version: int = typer.Argument(..., help="the version to make live again (`tweetbot history`)")) -> None:
     """Make an earlier version live again: its data, model and image from the DVC cache, no retraining."""
-    from tweetbot import update as updating
+    from tweetbot.rollback import rollback as roll_back
 
-    updating.rollback(version)
+    roll_back(version)
 
 
 def main() -> None:

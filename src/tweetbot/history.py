@@ -9,6 +9,8 @@ atomically on every append, so a kill leaves either the old file or the new one.
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 from pathlib import Path
 
@@ -31,6 +33,11 @@ def append(row: dict, path: Path = HISTORY) -> None:
     atomic.write_text(path, old + json.dumps(row, sort_keys=True) + "\n")
 
 
+def fingerprint(path: Path = HISTORY) -> str:
+    """A hash of the whole history: it changes with every line."""
+    return hashlib.sha256(path.read_bytes() if path.exists() else b"").hexdigest()
+
+
 def live(rows: list[dict]) -> dict | None:
     """The version the service runs: that of the last promotion or rollback."""
     events = [row for row in rows if row["event"] in LIVE_EVENTS]
@@ -43,6 +50,21 @@ def version(rows: list[dict], number: int) -> dict:
             return row
     known = ", ".join(str(row["version"]) for row in rows if row["event"] == "promoted") or "none yet"
     raise UserError(f"no version {number} in {HISTORY} (versions: {known}): see `tweetbot history`")
+
+
+def now() -> str:
+    """A line's `time`: UTC, to the second."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def deployment(image: dict, deployed: dict) -> dict:
+    """What a line records of a deployment, from the image and deploy stages' records (build/*.json)."""
+    return {
+        "bundle": image["model_version"],
+        "image_tag": image["tag"],
+        "image": deployed["image"],
+        "task_definition": deployed["task_definition"],
+    }
 
 
 def next_version(rows: list[dict]) -> int:

@@ -188,6 +188,17 @@ def dump_keeping_comments(document) -> str:
     return out.getvalue()
 
 
+def with_sections(text: str, other: str, sections: tuple[str, ...]) -> str:
+    """params.yaml `text` with `sections` as params.yaml `other` has them (or without them), comments and all."""
+    document, source = load_keeping_comments(text), load_keeping_comments(other)
+    for section in sections:
+        if section in source:
+            document[section] = source[section]
+        else:
+            document.pop(section, None)
+    return dump_keeping_comments(document)
+
+
 def load(section: str, path: Path | str = PARAMS_FILE):
     """Read one section of `params.yaml` into its dataclass; missing keys take their defaults."""
     path = Path(path)

@@ -1,25 +1,22 @@
 """The pipeline's record: the files in git that say which data, model and deployment the workspace holds.
 
-They are the lock files of both pipelines, `dvc.lock` and `deploy/dvc.lock` (every stage's inputs and outputs,
-by hash), `params.yaml` (the settings the stages ran
-with), the `.dvc` files of data added by hand (the fine-tune's start checkpoint), and the small outputs DVC
-keeps in git rather than in its cache (`cache: false` in dvc.yaml: metrics, curves, the image and deployment
-records). A snapshot of their text, written back and followed by `dvc checkout`, puts the whole workspace back
-as it was; that is how an update whose model was not better leaves no trace, and how a rollback brings an
-earlier version back without retraining (tweetbot.update).
+They are the lock files of both pipelines (every stage's inputs and outputs, by hash), params.yaml, the `.dvc`
+files of data added by hand (the fine-tune's start), and the small outputs DVC keeps in git (`cache: false`:
+metrics, curves, the image and deployment records). A snapshot of their text, written back and followed by
+`dvc checkout`, puts the workspace back as it was: the posts an update fetched but did not promote, or, from
+models/versions/N.json, an earlier version for a rollback.
 """
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
 from tweetbot import atomic, params
+from tweetbot.dvc_cli import dvc
 from tweetbot.runtime.errors import UserError
 
 EXPERIMENT = Path("dvc.yaml")  # fetch, preprocess, train, export: what `dvc repro` and `dvc exp run` run
@@ -27,12 +24,37 @@ DELIVERY = Path("deploy/dvc.yaml")  # image, deploy: what `make deploy` runs
 PIPELINES = (EXPERIMENT, DELIVERY)
 LOCK = EXPERIMENT.with_suffix(".lock")
 ADDED = (Path("models"),)  # where `.dvc` files of data added by hand live
+VERSIONS = Path("models/versions")  # N.json: version N's record, what a rollback puts back (in git)
 
 Snapshot = dict[str, str]  # path -> text
 
 
 def snapshot() -> Snapshot:
     return {str(path): path.read_text() for path in _files()}
+
+
+def kept(path: Path, key: str) -> Snapshot:
+    """The snapshot saved at `path` under `key`; if there is none under that key, a fresh one, saved there."""
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    if saved.get("key") == key:
+        return saved["record"]
+    fresh = snapshot()
+    atomic.write_text(path, json.dumps({"key": key, "record": fresh}))
+    return fresh
+
+
+def save_version(number: int) -> None:
+    atomic.write_text(_version_file(number), json.dumps(snapshot(), indent=1, sort_keys=True))
+
+
+def version(number: int) -> Snapshot:
+    if not _version_file(number).exists():
+        raise UserError(f"{_version_file(number)} is missing: version {number}'s record is needed to roll back to it")
+    return json.loads(_version_file(number).read_text())
+
+
+def _version_file(number: int) -> Path:
+    return VERSIONS / f"{number}.json"
 
 
 def restore(saved: Snapshot) -> None:
@@ -67,7 +89,8 @@ def keeping(saved: Snapshot, current: Snapshot, *, stages: tuple[str, ...], sect
             merged[name] = yaml.safe_dump(lock, sort_keys=False)
         else:
             merged.pop(name, None)
-    merged[str(params.PARAMS_FILE)] = _with_sections(saved[str(params.PARAMS_FILE)], current, sections)
+    name = str(params.PARAMS_FILE)
+    merged[name] = params.with_sections(saved[name], current[name], sections)
     return merged
 
 
@@ -100,19 +123,6 @@ def _locked_stages() -> list[str]:
             prefix = "" if pipeline == EXPERIMENT else f"{pipeline}:"
             found += [prefix + stage for stage in yaml.safe_load(lock.read_text())["stages"]]
     return found
-
-
-def dvc(*args: str) -> subprocess.CompletedProcess:
-    """Run DVC with the project's venv first on PATH (the stage commands call `python`)."""
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
-    dvc_bin = shutil.which("dvc", path=bin_dir) or "dvc"
-    result = subprocess.run([dvc_bin, *args], env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["no output"]
-        print(result.stdout, result.stderr, sep="\n", file=sys.stderr)
-        raise UserError(f"`dvc {' '.join(args)}` failed: {detail[0]}")
-    return result
 
 
 def _files() -> list[Path]:
@@ -149,18 +159,6 @@ def _outputs_in_git() -> dict[str, list[Path]]:
                     if (options or {}).get("cache") is False:
                         found.setdefault(name, []).append(Path(path))
     return found
-
-
-def _with_sections(params_text: str, current: Snapshot, sections: tuple[str, ...]) -> str:
-    """`params_text` with `sections` as in the current params.yaml, comments and all."""
-    document = params.load_keeping_comments(params_text)
-    now = params.load_keeping_comments(current[str(params.PARAMS_FILE)])
-    for section in sections:
-        if section in now:
-            document[section] = now[section]
-        else:
-            document.pop(section, None)
-    return params.dump_keeping_comments(document)
 
 
 def _remove(path: Path) -> None:

@@ -114,6 +114,14 @@ def make_evaluate(model: CharRNN):
     return jax.jit(evaluate)
 
 
+def score(checkpoint_path: Path, ids: np.ndarray) -> float:
+    """Mean loss (nats/char) of a checkpoint on the token ids `ids`, scored as training scores its val split."""
+    model, variables, meta = checkpoint.load_checkpoint(checkpoint_path)
+    batch_size, seq_length = meta["train_params"]["batch_size"], meta["train_params"]["seq_length"]
+    lanes = eval_lanes(ids.astype(np.int32), batch_size, seq_length)
+    return float(make_evaluate(model)(variables["params"], *lanes.all_windows()))
+
+
 def load_split(data_dir: Path, name: str) -> np.ndarray:
     path = Path(data_dir) / f"{name}.npy"
     if not path.is_file():
@@ -126,14 +134,15 @@ def run(params: TrainParams, data_dir: Path, checkpoint_dir: Path, live_dir: Pat
     from dvclive import Live  # the pipeline's dependency, not the service's
 
     data_dir, checkpoint_dir, live_dir = Path(data_dir), Path(checkpoint_dir), Path(live_dir)
-    vocab_size = len(Vocab.load(data_dir / "vocab.json"))
+    vocab = Vocab.load(data_dir / "vocab.json")
+    vocab_size = len(vocab)
     lanes = Lanes(load_split(data_dir, "train"), params.batch_size, params.seq_length)
     val = eval_lanes(load_split(data_dir, "val"), params.batch_size, params.seq_length).all_windows()
 
     model = build_model(params, vocab_size)
     state = create_state(model, params, params.seed)
     if params.init_from:
-        state = state.replace(params=_fine_tune_start(Path(params.init_from), state.params))
+        state = state.replace(params=_fine_tune_start(Path(params.init_from), state.params, vocab))
     carry = model.initial_carry(params.batch_size)
     meta = {"step": 0, "best_val_loss": math.inf, "chars_seen": 0, "train_seconds": 0.0}
     meta.update(model=_fields(model), train_params=dataclasses.asdict(params), vocab_size=vocab_size)
@@ -282,9 +291,12 @@ def _resume(record: dict, state: TrainState, carry, meta: dict):
     return state, checkpoint.restore(carry, record["carry"])
 
 
-def _fine_tune_start(path: Path, fresh_params):
-    """The weights of checkpoint `path`, checked to fit the model being trained."""
+def _fine_tune_start(path: Path, fresh_params, vocab: Vocab):
+    """The weights of checkpoint `path`, checked to fit the model being trained. A checkpoint that names its
+    vocabulary (an update's start: the live model) is first remapped to this data's, character by character."""
     record = checkpoint.read(path)
+    if "vocab" in record["meta"]:
+        record = checkpoint.remapped(record, Vocab(record["meta"]["vocab"]), vocab)
     shapes = jax.tree.map(np.shape, fresh_params)
     try:
         loaded = checkpoint.restore(fresh_params, record["params"])

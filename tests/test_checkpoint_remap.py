@@ -1,4 +1,4 @@
-"""The live model remapped to a grown vocabulary (tweetbot.update.remap_checkpoint), checked by its outputs."""
+"""The live model remapped to a grown vocabulary (tweetbot.checkpoint.remapped), checked by its outputs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import numpy as np
 from tweetbot import checkpoint
 from tweetbot.runtime.model import CharRNN
 from tweetbot.runtime.vocab import UNK, Vocab
-from tweetbot.update import remap_checkpoint
 
 OLD = Vocab(["a", "b", "c"])
 NEW = Vocab(["c", "🚀", "a", "b"])  # a new character, and the old ones in another order (new frequencies)
@@ -21,6 +20,11 @@ def saved_model(path) -> tuple[CharRNN, dict]:
     fields = {"vocab_size": len(OLD), "rnn_size": 8, "num_layers": 1}
     checkpoint.save(path, {"model": fields, "vocab_size": len(OLD)}, variables["params"])
     return model, variables
+
+
+def remap_checkpoint(source, old: Vocab, new: Vocab, out) -> None:
+    record = checkpoint.remapped(checkpoint.read(source), old, new)
+    checkpoint.save(out, record["meta"], record["params"])
 
 
 def logits(path, tokens: list[int]) -> np.ndarray:
