@@ -38,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 from deploy import builders, oci
 from tweetbot.params import ImageParams
 from tweetbot.runtime.errors import UserError
+from tweetbot.runtime.paths import BUNDLE
 
 # What the Dockerfile copies, relative to the repository root; .dockerignore lets exactly these through.
 CODE_PATHS = (
@@ -48,7 +49,7 @@ CODE_PATHS = (
     "src/tweetbot/runtime",
     "service",
 )
-BUNDLE_PATH = "models/export"
+BUNDLE_PATH = str(BUNDLE)  # where the Dockerfile copies the bundle from, as in the workspace
 SKIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
 TAG_LENGTH = 12
 

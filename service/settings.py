@@ -18,6 +18,7 @@ from pathlib import Path
 
 from service.schemas import MAX_SAMPLES
 from tweetbot.runtime.errors import UserError
+from tweetbot.runtime.paths import BUNDLE
 from tweetbot.runtime.sample import BATCH_BUCKETS
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -25,7 +26,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 @dataclass(frozen=True)
 class Settings:
-    bundle: Path = Path("models/export")
+    bundle: Path = BUNDLE
     port: int = 8080
     cors_origins: tuple[str, ...] = ("*",)
     max_batch: int = 32

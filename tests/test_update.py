@@ -23,7 +23,7 @@ from tests.aws import moto_server
 from tests.conftest import REPO
 from tests.pipeline import UP_TO_DATE, dvc, make_project, run
 from tests.test_fetch_x_api import FakeX
-from tweetbot import history, params
+from tweetbot import history, params, workspace
 from tweetbot import update as updating
 from tweetbot.rollback import rollback
 from tweetbot.runtime.errors import UserError
@@ -236,7 +236,7 @@ def test_update_promotes_only_a_better_model_and_rolls_back(project, tmp_path, m
     assert container["image"] == first["image"]
     assert json.loads((project / "build/deploy.json").read_text())["task_definition"] == live_task_definition()
     assert train_out_md5(project) == md5(project / updating.BEST) == first["checkpoint_md5"]
-    assert json.loads((project / "models/export/manifest.json").read_text())["version"] == first["bundle"]
+    assert json.loads((project / workspace.EXPORT / "manifest.json").read_text())["version"] == first["bundle"]
     assert params.load("train").init_from is None and not (project / updating.INIT).exists()
     assert dvc(project, "status").stdout.strip() == UP_TO_DATE
     assert history.live(history.read())["version"] == 1

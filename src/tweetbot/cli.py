@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from tweetbot.runtime.errors import UserError, exit_on_user_error
+from tweetbot.workspace import BEST, DEPLOY_RECORD, EVALUATION, EXPORT, IMAGE, IMAGE_RECORD, PROCESSED, VOCAB
 
 app = typer.Typer(
     help="Turn an account's posts into a deployed text-generating bot.",
@@ -19,10 +20,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,  # a bug keeps its plain traceback; user errors are one line
     add_completion=False,
 )
-
-PROCESSED = Path("data/processed")
-EXPORT = Path("models/export")
-EVALUATION = Path("evaluation")
 
 
 @app.command()
@@ -34,8 +31,8 @@ def sample(
     top_p: float = typer.Option(1.0, "--top-p", help="draw only from the likeliest characters of this mass"),
     seed: int = typer.Option(0, help="sample i uses seed + i: the same seed gives the same samples"),
     length: int = typer.Option(280, help="the most characters a sample writes after its prime"),
-    checkpoint: Path = typer.Option(Path("models/checkpoints/best.msgpack"), help="the trained weights"),
-    vocab: Path = typer.Option(PROCESSED / "vocab.json", help="the vocabulary it was trained with"),
+    checkpoint: Path = typer.Option(BEST, help="the trained weights"),
+    vocab: Path = typer.Option(VOCAB, help="the vocabulary it was trained with"),
 ) -> None:
     """Print samples from the best checkpoint, each followed by an empty line."""
     from tweetbot.checkpoint import load_checkpoint
@@ -53,7 +50,7 @@ def sample(
 
 @app.command()
 def serve(
-    bundle: Path = typer.Option(None, help="the bundle (default: $TWEETBOT_BUNDLE, else models/export)"),
+    bundle: Path = typer.Option(None, help=f"the bundle (default: $TWEETBOT_BUNDLE, else {EXPORT})"),
     host: str = typer.Option("127.0.0.1", help="the address to listen on (0.0.0.0: every interface)"),
     port: int = typer.Option(None, help="the port (default: $PORT, else 8080)"),
 ) -> None:
@@ -101,9 +98,9 @@ def summary(
 
 @app.command()
 def plan(
-    layout: Path = typer.Option(Path("build/image"), help="the image as an OCI layout"),
-    image: Path = typer.Option(Path("build/image.json"), help="the image record"),
-    out: Path = typer.Option(Path("build/deploy.json"), help="the deployment record to write"),
+    layout: Path = typer.Option(IMAGE, help="the image as an OCI layout"),
+    image: Path = typer.Option(IMAGE_RECORD, help="the image record"),
+    out: Path = typer.Option(DEPLOY_RECORD, help="the deployment record to write"),
 ) -> None:
     """Print what the deploy stage (`make deploy`) would change on AWS for params.yaml `deploy:`; change nothing."""
     from deploy import run
@@ -117,7 +114,7 @@ def plan(
 @app.command()
 def destroy(
     yes: bool = typer.Option(False, "--yes", help="do not ask first (CI)"),
-    out: Path = typer.Option(Path("build/deploy.json"), help="the deployment record, removed too"),
+    out: Path = typer.Option(DEPLOY_RECORD, help="the deployment record, removed too"),
 ) -> None:
     """Remove everything `deploy` created: service, autoscaling, load balancer, security groups, cluster, images..."""
     from deploy import run

@@ -7,7 +7,7 @@ import json
 from tweetbot import history, record
 from tweetbot.dvc_cli import dvc
 from tweetbot.runtime.errors import UserError
-from tweetbot.update import DEPLOY_RECORD, IMAGE_RECORD
+from tweetbot.workspace import DEPLOY_RECORD, IMAGE_RECORD
 
 
 def rollback(number: int, say=print) -> dict | None:

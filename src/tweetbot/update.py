@@ -19,11 +19,8 @@ from tweetbot.dvc_cli import cached, dvc, experiment_files, run_experiment
 from tweetbot.params import UpdateParams
 from tweetbot.posts import Post, read_posts
 from tweetbot.runtime.vocab import Vocab
+from tweetbot.workspace import BEST, DEPLOY_RECORD, IMAGE_RECORD, RAW, VOCAB
 
-RAW = Path("data/raw/tweets.jsonl")
-VOCAB = Path("data/processed/vocab.json")
-BEST = Path("models/checkpoints/best.msgpack")
-IMAGE_RECORD, DEPLOY_RECORD = Path("build/image.json"), Path("build/deploy.json")
 INIT = Path("models/init.msgpack")  # the fine-tune's start: the live model and its vocabulary, `dvc add`ed
 BEFORE = Path("models/update/before.json")  # not in git: the record before this update, until it ends
 EXPERIMENT = "update"  # the fine-tune, as `dvc exp show` names it

@@ -30,13 +30,13 @@ from flax import serialization
 
 from tweetbot.runtime.errors import UserError
 from tweetbot.runtime.model import CharRNN
+from tweetbot.runtime.paths import BUNDLE
 from tweetbot.runtime.vocab import Vocab
 
 FORMAT_VERSION = 1
 WEIGHTS = "weights.msgpack"
 VOCAB = "vocab.json"
 MANIFEST = "manifest.json"
-DEFAULT_DIR = Path("models/export")
 
 
 class BundleError(UserError):
@@ -98,7 +98,7 @@ def write(
     return manifest
 
 
-def load(path: Path = DEFAULT_DIR) -> Bundle:
+def load(path: Path = BUNDLE) -> Bundle:
     """Read and check the bundle in `path`; any problem is one BundleError line."""
     path = Path(path)
     fix = "run `dvc repro export` to write it"
