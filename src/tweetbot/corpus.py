@@ -1,29 +1,8 @@
-"""The preprocess stage: fetched posts in, encoded train/val arrays, a vocabulary and statistics out.
+"""The preprocess stage: fetched posts in; cleaned, split, encoded arrays, a vocabulary and statistics out.
 
-Cleaning, in this order, for each post's text:
-
-1. HTML entities are unescaped until none are left (`&amp;amp;` -> `&amp;` -> `&`): X escapes `&`, `<`, `>`
-   in every text it serves, and some clients escaped them twice.
-2. Unicode is normalised to NFC (one code point for "é" however it was typed); emoji stay as characters.
-3. Links (`https://...`, `http://...`, bare `t.co/...`) and mentions (`@handle`) are kept, dropped, or each
-   replaced by ONE private-use character, `LINK` (U+E000) or `MENTION` (U+E001), per params. A token is one
-   symbol for the model, so it learns where a link goes, not the ten random characters of a t.co address;
-   `render` turns tokens back into "https://t.co/…" and "@user" for people to read. Private-use characters
-   already in a text are removed first, so a token always means what it says.
-4. Whitespace: runs of spaces and tabs become one space, runs of line breaks (with any blank lines) become
-   one newline, and the ends are trimmed.
-
-Then posts are dropped, and counted, in this order: retweets and replies (per params, from the post's flags),
-posts left empty, and exact duplicates of an earlier post's cleaned text (the oldest copy is kept, so fetching
-newer posts never changes which copy stays).
-
-The train/val split is by post and depends only on the seed and the post id (a sha256 hash), so fetching more
-posts later never moves an old post from one split to the other. The vocabulary comes from the train split:
-characters seen fewer than `min_char_count` times there map to UNK. Each split is encoded oldest post first,
-each post followed by EOS, into one 1-D uint16 array.
-
-Outputs in the output folder: `train.npy`, `val.npy`, `vocab.json`, and `stats.json` (DVC metrics; character
-counts exclude the EOS symbols, so an array holds `chars + posts` ids).
+Each split is one 1-D uint16 array of the posts oldest first, each followed by EOS, as the model reads them.
+A post's split depends on its id alone (a hash), so fetching more posts never moves an old one across, and
+the vocabulary is the train split's (characters rarer than `min_char_count` there are UNK).
 """
 
 from __future__ import annotations
@@ -46,6 +25,7 @@ from tweetbot.runtime.vocab import EOS, LINK, MENTION, UNK, Vocab, render
 # A link runs to the next space but leaves trailing punctuation to the sentence ("see https://nasa.gov.").
 LINK_PATTERN = re.compile(r"(?:https?://|\bt\.co/)(?:\S*[^\s.,;:!?)\]}'\"’”])?")
 MENTION_PATTERN = re.compile(r"(?<![\w@])@[A-Za-z0-9_]+")  # not the @ of an e-mail address
+# Removed first, so a LINK or MENTION token (private-use characters) always means what it says.
 PRIVATE_USE = re.compile("[\ue000-\uf8ff]")
 SPACES = re.compile(r"[^\S\n]+")  # whitespace other than the line break
 LINE_BREAKS = re.compile(r" ?\n\s*")  # a line break, the space before it, and all whitespace after it
@@ -62,11 +42,12 @@ def clean_text(text: str, links: str = "keep", mentions: str = "keep") -> str:
     Each step runs only on a text it can change (an entity needs "&", a link "http" or "t.co/", NFC and the
     private-use range non-ASCII characters...): the same result, several times faster on a large store.
     """
-    if "&" in text:
+    if "&" in text:  # X escapes &, < and > in every text it serves; some clients escaped them twice
         while (unescaped := html.unescape(text)) != text:
             text = unescaped
     if not text.isascii():
         text = PRIVATE_USE.sub("", unicodedata.normalize("NFC", text))
+    # A token is one symbol: the model learns where a link goes, not the random characters of a t.co address.
     if links != "keep" and ("http" in text or "t.co/" in text):
         text = _replace(LINK_PATTERN, text, links, LINK)
     if mentions != "keep" and "@" in text:
@@ -85,7 +66,8 @@ def _replace(pattern: re.Pattern, text: str, mode: str, token: str) -> str:
 
 
 def clean_posts(posts: Iterable[Post], params: PreprocessParams) -> tuple[dict[str, str], dict[str, int]]:
-    """The cleaned texts by post id, oldest first, and how many posts each filter dropped."""
+    """The cleaned texts by post id, oldest first, and how many posts each filter dropped. Of posts whose cleaned
+    texts are the same, the oldest stays: fetching newer posts never changes which copy is kept."""
     texts: dict[str, str] = {}
     seen: set[str] = set()
     dropped = dict.fromkeys(DROP_REASONS, 0)
@@ -188,7 +170,7 @@ def run(params: PreprocessParams, raw_path: Path, out_dir: Path) -> dict:
         **{f"dropped_{reason}": count for reason, count in dropped.items()},
         "train_posts": len(train),
         "val_posts": len(val),
-        "train_chars": len(train_ids) - len(train),
+        "train_chars": len(train_ids) - len(train),  # without the EOS after each post
         "val_chars": val_chars,
         "vocab_size": len(vocab),
         "val_unk_rate": round(int(np.count_nonzero(val_ids == UNK)) / val_chars, 6),

@@ -1,26 +1,11 @@
-"""The fetch stage: collect the posts of the accounts and files params.yaml `fetch:` names into one JSON-lines file.
+"""The fetch stage: the posts of the accounts and files params.yaml `fetch:` names, merged into one store.
 
-`fetch:` names one source (`source:` with its `handle` or `path`), or several in `sources:`, merged into one
-file; each post records its `origin` (the account or file). Every source goes through `posts.make_post` and
-`posts.write_posts`, is filtered by `include_retweets` and `include_replies`, and keeps its newest `max_posts`.
-
-The archive, file and demo sources are read whole, before the output is touched: they replace their own posts
-in the output, and a malformed input leaves the previous output untouched. The X API, Mastodon and Bluesky
-sources are incremental (`tweetbot.sources.timeline`): they extend the output page by page, writing it
-atomically after each page (so a kill loses at most one page), and merge by id.
-
-Which posts the output holds is recorded beside it, in `<output stem>.state.json` (`data/raw/tweets.state.json`),
-keyed by origin. For an incremental source it holds the settings its posts depend on (`query`) and how far the
-fetch got:
-
-- `complete_through`: every post up to this id has been fetched, so the next run asks only for newer ones;
-- `resume`: a run was interrupted after the page this token continues from, so the next run first fetches the
-  gap between `complete_through` and it, then what is new;
-- `history`: "done" once an older-posts pass (Bluesky's repository) finished or was not needed; else its token.
-
-Posts of an origin no longer listed are dropped, so two accounts never mix unless asked to. After a change of
-filters or `max_posts` a source keeps its posts but asks for the whole timeline again. The state is written
-after the posts, so a kill between the two writes at worst makes the next run ask for a page again.
+Files, archives and the demo are read whole, before the store is touched, and replace their own posts. The X
+API, Mastodon and Bluesky are incremental (tweetbot.sources.timeline): each page is merged and the store
+written, so a kill loses at most a page. How far each got is kept beside the store (`tweets.state.json`), by
+origin: `complete_through` (every post up to this id is in), `resume` (where an interrupted run stopped: that
+gap is fetched first) and `history` (an older-posts pass: "done", or where to go on). The state is written
+after the posts, so a kill between the two costs one page asked again.
 """
 
 from __future__ import annotations
