@@ -24,9 +24,9 @@ import numpy as np
 from benchmarks.__main__ import save
 from benchmarks.sample_quality import CACHE, evaluated, folder_of, prepare_demo, pretrained
 from tweetbot import params, train
+from tweetbot.checkpoint import save_naming_vocabulary
 from tweetbot.corpus import decode_posts, encode
 from tweetbot.runtime.vocab import Vocab
-from tweetbot.update import remap_checkpoint
 
 SIZES = (250, 500, 1000, None)  # None: every training post
 
@@ -53,7 +53,7 @@ def measure(data: Path, posts: int | None, base: str | None, base_steps: int, p:
     p = dataclasses.replace(p, init_from=None)
     if base:
         checkpoint, base_vocab, _ = pretrained(base, base_steps, p)
-        remap_checkpoint(checkpoint, base_vocab, Vocab.load(data / "vocab.json"), folder / "init.msgpack")
+        save_naming_vocabulary(checkpoint, base_vocab, folder / "init.msgpack")  # training remaps it
         p = dataclasses.replace(p, init_from=str(folder / "init.msgpack"))
     metrics = train.run(p, data, folder / "checkpoints", folder / "live")
     ungated = dataclasses.replace(params.load("export"), max_copy_rate=1.0, min_improvement_bpc=-100.0)

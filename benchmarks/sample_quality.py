@@ -21,9 +21,9 @@ import numpy as np
 
 from benchmarks.__main__ import save
 from tweetbot import corpus, evaluate, export, fetch, params, train
+from tweetbot.checkpoint import save_naming_vocabulary
 from tweetbot.params import TrainParams
 from tweetbot.runtime.vocab import Vocab
-from tweetbot.update import remap_checkpoint
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache" / "sample_quality"
@@ -108,7 +108,7 @@ def measure(name: str, data: Path, base_params: TrainParams) -> dict:
         row["base val loss"] = round(base_metrics["best_val_loss"], 3)
         row["base train s"] = round(base_metrics["train_seconds"])
         start = folder / "init.msgpack"
-        remap_checkpoint(checkpoint, base_vocab, Vocab.load(data / "vocab.json"), start)
+        save_naming_vocabulary(checkpoint, base_vocab, start)  # training remaps it to the demo's vocabulary
         p = dataclasses.replace(p, init_from=str(start))
     metrics = train.run(p, data, folder / "checkpoints", folder / "live")
     row |= {"steps": metrics["step"], "train s": round(metrics["train_seconds"]), "val loss": metrics["best_val_loss"]}
@@ -157,7 +157,7 @@ def main(names: list[str]) -> dict:
             f"{base_params.max_steps} steps; a lever changes only what its name says",
             f"evaluate: {e.samples} samples at temperature {e.temperature}, top_p {e.top_p}, seeds from {e.seed}",
             "a base is pretrained with the same train: params on its own text, then remapped to the demo's "
-            "vocabulary (tweetbot.update.remap_checkpoint) and fine-tuned",
+            "vocabulary (tweetbot.checkpoint.remapped, at the start of training) and fine-tuned",
         ],
     }
 

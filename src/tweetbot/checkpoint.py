@@ -74,6 +74,13 @@ def restore(template, state_dict):
     return serialization.from_state_dict(template, jax.tree.map(jax.numpy.asarray, state_dict))
 
 
+def save_naming_vocabulary(source: Path, vocab: Vocab, out: Path) -> None:
+    """Checkpoint `source` again at `out`, holding its vocabulary `vocab`: training from it (train.init_from) on
+    data of another vocabulary starts from it `remapped` to that one."""
+    record = read(source)
+    save(out, record["meta"] | {"vocab": vocab.chars}, record["params"])
+
+
 def remapped(record: dict, old: Vocab, new: Vocab) -> dict:
     """The record (`read`) of a model over vocabulary `old` with its embedding and head rows in the order of `new`.
 

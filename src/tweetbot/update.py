@@ -78,8 +78,7 @@ def record_before_update() -> record.Snapshot:
 def fine_tune(live_checkpoint: Path, live_vocab: Vocab, steps: int) -> None:
     """`steps` steps of training from the live model, which the train stage remaps to the new vocabulary, as
     experiment EXPERIMENT of the experiment pipeline. INIT is `dvc add`ed, so a clone can `dvc repro` it."""
-    live = checkpoint.read(live_checkpoint)
-    checkpoint.save(INIT, live["meta"] | {"vocab": live_vocab.chars}, live["params"])
+    checkpoint.save_naming_vocabulary(live_checkpoint, live_vocab, INIT)
     dvc("add", str(INIT))
     settings = {"train.init_from": INIT, "train.max_steps": steps}
     run_experiment(EXPERIMENT, settings, staged=[record.LOCK, Path(f"{INIT}.dvc")])
