@@ -46,6 +46,16 @@ def test_a_snapshot_put_back_restores_the_record_and_the_data_it_names(project):
     assert dvc(project, "status", "preprocess").stdout.strip() == UP_TO_DATE
 
 
+def test_a_snapshot_keeps_the_line_ends_of_the_files_dvc_lock_hashes(project):
+    stats = project / "data/processed/stats.json"
+    crlf = stats.read_bytes().replace(b"\n", b"\r\n")  # as the csv module writes a plot's rows
+    stats.write_bytes(crlf)
+    saved = record.snapshot()
+    stats.write_text("{}")
+    record.restore(saved)
+    assert stats.read_bytes() == crlf
+
+
 def test_keeping_takes_one_stage_and_params_sections_from_the_current_record(project):
     saved = record.snapshot()
     set_val_fraction(project, 0.3)

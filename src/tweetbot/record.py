@@ -30,7 +30,7 @@ Snapshot = dict[str, str]  # path -> text
 
 
 def snapshot() -> Snapshot:
-    return {str(path): path.read_text() for path in _files()}
+    return {str(path): _exact_text(path) for path in _files()}
 
 
 def kept(path: Path, key: str) -> Snapshot:
@@ -66,7 +66,7 @@ def restore(saved: Snapshot) -> None:
                 _remove(path.with_suffix(""))
     for name, text in saved.items():
         path = Path(name)
-        if not path.is_file() or path.read_text() != text:
+        if not path.is_file() or _exact_text(path) != text:
             atomic.write_text(path, text)
     checkout()
 
@@ -159,6 +159,12 @@ def _outputs_in_git() -> dict[str, list[Path]]:
                     if (options or {}).get("cache") is False:
                         found.setdefault(name, []).append(Path(path))
     return found
+
+
+def _exact_text(path: Path) -> str:
+    """The file's text, line ends as they are: `read_text` turns CRLF into LF, and a CSV (evaluate's lengths.csv)
+    would no longer match its hash in dvc.lock."""
+    return path.read_bytes().decode("utf-8")
 
 
 def _remove(path: Path) -> None:
