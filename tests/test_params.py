@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+import yaml
 
 from tests.pipeline import source_tree
 from tweetbot import params
@@ -25,9 +28,16 @@ def test_missing_section_is_all_defaults(tmp_path):
     assert params.load("fetch", write(tmp_path, "preprocess: {}\n")) == params.FetchParams()
 
 
-def test_repository_params_file_loads_every_section():
-    for section in params.SECTIONS:
-        params.load(section, source_tree() / "params.yaml")  # the working tree's params.yaml, not the workspace's
+@pytest.mark.parametrize("section", params.SECTIONS)
+def test_params_file_documents_every_default(section):
+    """params.yaml lists every key of every section with the dataclass default: one source of truth, so a
+    section that omits a key gets the value params.yaml documents."""
+    values = yaml.safe_load((source_tree() / "params.yaml").read_text())[section]  # the working tree's file
+    defaults = dataclasses.asdict(params.SECTIONS[section]())
+    assert list(values) == list(defaults), f"params.yaml `{section}:` must list every key, in the dataclass order"
+    differing = {key: (value, defaults[key]) for key, value in values.items() if value != defaults[key]}
+    assert not differing, f"{section}: params.yaml value vs dataclass default: {differing}"
+    assert params.from_mapping(section, values) == params.SECTIONS[section]()
 
 
 def test_unknown_key_suggests_the_close_one(tmp_path):

@@ -3,6 +3,9 @@
 Each stage reads only its own section (`load("train")`), so DVC re-runs a stage only when that section changes.
 A key that a section does not know, a value of the wrong type or outside its choices is a `UserError` that
 names the key and the fix: a typo in `dvc exp run -S train.rnn_sise=120` must not silently train the default.
+
+The dataclass defaults are the documented values: params.yaml lists every key of every section with its default
+(tests/test_params.py holds them equal), so a section that omits a key gets what params.yaml says.
 """
 
 from __future__ import annotations
@@ -85,12 +88,12 @@ class TrainParams:
     batch_size: int = 64
     learning_rate: float = 0.008
     lr_decay: float = 0.97  # multiplied into the learning rate every `lr_decay_steps` steps
-    lr_decay_steps: int = 1000
+    lr_decay_steps: int = 100
     grad_clip: float = 5.0
     input_keep_prob: float = 1.0
     output_keep_prob: float = 1.0
     matmul_dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: faster on CPUs that have it
-    max_steps: int = 2000
+    max_steps: int = 1000
     time_budget_s: float | None = None  # stop at max_steps or after this many seconds, whichever is first
     eval_every: int = 100
     seed: int = 0
