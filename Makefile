@@ -39,6 +39,8 @@ demo: install  ## run the pipeline on the built-in demo data up to the evaluated
 	$(BIN)/dvc repro
 	$(BIN)/tweetbot summary
 
+# Tests run in a random order (pytest-randomly), so one that needs another to run first fails: the header's
+# `Using --randomly-seed=N` repeats that order with `.venv/bin/pytest -m "not slow" --randomly-seed=N`.
 test: install  ## the default test suite (minutes)
 	$(BIN)/pytest -m "not slow"
 

@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import tarfile
 import uuid
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from unittest import mock
 import boto3
 import botocore.loaders
 import botocore.session
+import pytest
 from moto.core.utils import utcnow
 from moto.ecs.models import EC2ContainerServiceBackend
 from moto.server import ThreadedMotoServer
@@ -43,6 +43,7 @@ FAKE_AWS_ENV = {
     "AWS_CONFIG_FILE": "/nonexistent/aws/config",
     "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws/credentials",
     "MOTO_IAM_LOAD_MANAGED_POLICIES": "true",  # so IAM knows AmazonECSTaskExecutionRolePolicy
+    "MOTO_ECS_SERVICE_RUNNING": "1",  # moto starts no tasks: report a new service's tasks as running (as `make moto`)
 }
 NO_AWS_ENV = (
     "AWS_PROFILE",
@@ -55,14 +56,15 @@ NO_AWS_ENV = (
 
 @contextlib.contextmanager
 def moto_server() -> Iterator[str]:
-    """A moto server on 127.0.0.1 at a free port, with the fake AWS environment set; yields its URL."""
+    """A moto server on 127.0.0.1 at a free port, with the fake AWS environment set (and undone, variable by
+    variable, when it stops); yields its URL."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with patched_environ({**FAKE_AWS_ENV}, remove=NO_AWS_ENV), ecs_that_rolls_out():
+    with patched_environ(FAKE_AWS_ENV, remove=NO_AWS_ENV) as environment, ecs_that_rolls_out():
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
         url = f"http://{host}:{port}"
-        os.environ["AWS_ENDPOINT_URL"] = url
+        environment.setenv("AWS_ENDPOINT_URL", url)
         try:
             yield url
         finally:
@@ -100,16 +102,15 @@ def _update_service_and_roll_out(backend, service_properties):
 
 
 @contextlib.contextmanager
-def patched_environ(values: dict[str, str], remove: tuple[str, ...] = ()) -> Iterator[None]:
-    saved = dict(os.environ)
-    for name in remove:
-        os.environ.pop(name, None)
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+def patched_environ(values: dict[str, str], remove: tuple[str, ...] = ()) -> Iterator[pytest.MonkeyPatch]:
+    """os.environ with `values` set and `remove` unset, each undone on exit, and nothing else touched (restoring
+    the whole environment would also undo what was set meanwhile); yields the MonkeyPatch, for more."""
+    with pytest.MonkeyPatch.context() as environment:
+        for name in remove:
+            environment.delenv(name, raising=False)
+        for name, value in values.items():
+            environment.setenv(name, value)
+        yield environment
 
 
 _LOADER = botocore.loaders.create_loader()

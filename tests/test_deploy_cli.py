@@ -37,7 +37,6 @@ write_image(layout.parent, [layer(files)], tag=model_version(bundle), model_vers
 @pytest.fixture(scope="module")
 def moto_url():
     with moto_server() as url:
-        os.environ["MOTO_ECS_SERVICE_RUNNING"] = "1"
         yield url
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 
 import pytest
 
@@ -31,7 +30,6 @@ NAMES = (f"bot{number}" for number in itertools.count())
 @pytest.fixture(scope="module")
 def moto_url():
     with moto_server() as url:
-        os.environ["MOTO_ECS_SERVICE_RUNNING"] = "1"  # undone when the server's environment is restored
         yield url
 
 

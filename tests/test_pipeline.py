@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,7 +36,8 @@ def test_second_repro_does_nothing(project):
     assert "up to date" in again.stdout
 
 
-def test_a_preprocess_param_reruns_preprocess_only(project):
+def test_a_preprocess_param_reruns_preprocess_only(project, tmp_path):
+    project = Path(shutil.copytree(project, tmp_path / "project", symlinks=True))  # the other tests read the first
     params_file = project / "params.yaml"
     document = yaml.safe_load(params_file.read_text())
     document["preprocess"]["val_fraction"] = 0.2

@@ -504,6 +504,7 @@ def test_openapi_schema_lists_every_route(client):
 
 
 def test_metrics_count_requests_by_route_and_show_the_model(client, bundle_dir):
+    client.get("/")
     client.get("/healthz")
     text = client.get("/metrics").text
     assert re.search(r'tweetbot_requests_total\{method="GET",route="/healthz",status="200"\} [1-9]', text)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import json
-import os
 import shutil
 
 import boto3
@@ -94,7 +93,6 @@ def project(tmp_path, monkeypatch):
     monkeypatch.setenv("X_BEARER_TOKEN", "test-token")
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # the fake image stage imports tests.aws
     with moto_server():
-        os.environ["MOTO_ECS_SERVICE_RUNNING"] = "1"
         yield root
 
 
