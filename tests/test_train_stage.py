@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,11 +14,8 @@ import yaml
 from tests.conftest import REPO
 from tests.pipeline import dvc
 from tests.pipeline import run as git
-from tests.trainkit import TINY, params_yaml, write_data
+from tests.trainkit import TINY_YAML, TRAIN_STAGE, params_yaml, write_data
 from tweetbot import checkpoint
-
-STAGE = [sys.executable, str(REPO / "stages" / "train.py"), "data/processed", "models/checkpoints", "dvclive"]
-TINY_YAML = {k: getattr(TINY, k) for k in ("rnn_size", "num_layers", "seq_length", "batch_size", "eval_every")}
 
 
 @pytest.fixture
@@ -30,13 +26,13 @@ def workdir(tmp_path):
 
 def stage(workdir: Path, **params) -> subprocess.CompletedProcess:
     (workdir / "params.yaml").write_text(params_yaml(**TINY_YAML, **params))
-    return subprocess.run(STAGE, cwd=workdir, capture_output=True, text=True, timeout=300)
+    return subprocess.run(TRAIN_STAGE, cwd=workdir, capture_output=True, text=True, timeout=300)
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(workdir):
     (workdir / "params.yaml").write_text(params_yaml(**TINY_YAML, max_steps=100_000))
     last = workdir / "models" / "checkpoints" / checkpoint.LAST
-    process = subprocess.Popen(STAGE, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(TRAIN_STAGE, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 240
     while not last.exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)

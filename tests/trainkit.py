@@ -7,10 +7,12 @@ import contextlib
 import dataclasses
 import importlib
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from tests.conftest import REPO
 from tweetbot.params import TrainParams
 from tweetbot.runtime.vocab import EOS, Vocab
 
@@ -26,6 +28,11 @@ TINY = TrainParams(
     max_steps=30,
     eval_every=10,
 )
+
+
+# The train stage as dvc.yaml runs it, from a project folder, and TINY as params.yaml keys.
+TRAIN_STAGE = [sys.executable, str(REPO / "stages" / "train.py"), "data/processed", "models/checkpoints", "dvclive"]
+TINY_YAML = {k: getattr(TINY, k) for k in ("rnn_size", "num_layers", "seq_length", "batch_size", "eval_every")}
 
 
 def tiny_params(**changes) -> TrainParams:

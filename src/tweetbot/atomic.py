@@ -23,6 +23,13 @@ def write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_leftovers(path: Path) -> None:
+    """Delete the temporary files that writes of `path` killed before their rename left beside it."""
+    path = Path(path)
+    for temporary in path.parent.glob(f".{path.name}.*.tmp"):
+        temporary.unlink(missing_ok=True)
+
+
 def write_text(path: Path, text: str) -> None:
     """`write_bytes` of `text` in UTF-8."""
     write_bytes(path, text.encode("utf-8"))

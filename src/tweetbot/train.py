@@ -8,13 +8,17 @@ validation split every `eval_every` steps, keeps `best.msgpack` and `last.msgpac
 (see checkpoint), and logs metrics and loss curves with DVCLive into `live_dir`. If `last.msgpack` exists and
 was written with the same params (the stopping rules `max_steps` and `time_budget_s` may differ, so a run can
 be extended), training resumes from it and ends exactly as an uninterrupted run would.
+
+The write protocol, so that a kill at any instant resumes to the same files: `last.msgpack` is the commit of an
+evaluation and is written after `best.msgpack` (a kill between the two resumes from the previous `last`, trains
+the interval again and writes the same best again; the other order left a `last` that believed a best saved that
+never was). What DVCLive writes after the commit is rebuilt from `last.msgpack` on resume (`_rewind_live_dir`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import sys
 import time
@@ -27,7 +31,7 @@ import optax
 from flax.training.train_state import TrainState
 from tqdm import tqdm
 
-from tweetbot import checkpoint, kernels
+from tweetbot import atomic, checkpoint, kernels
 from tweetbot.input_pipeline import Lanes, eval_lanes
 from tweetbot.params import TrainParams
 from tweetbot.runtime.errors import UserError
@@ -149,6 +153,8 @@ def run(params: TrainParams, data_dir: Path, checkpoint_dir: Path, live_dir: Pat
     meta["data_hash"] = _fingerprint(data_dir)
 
     last_path = checkpoint_dir / checkpoint.LAST
+    for name in (checkpoint.BEST, checkpoint.LAST):
+        atomic.remove_leftovers(checkpoint_dir / name)  # of a write killed before its rename
     resumed = _resumable(last_path, meta)
     if resumed:
         state, carry = _resume(resumed, state, carry, meta)
@@ -172,8 +178,10 @@ def run(params: TrainParams, data_dir: Path, checkpoint_dir: Path, live_dir: Pat
         mininterval=refresh_s,
     )
     if resumed:
-        _repair_live_dir(live_dir, meta["step"])
+        _rewind_live_dir(live_dir, meta["step"])
     with Live(str(live_dir), resume=bool(resumed), dvcyaml=None, save_dvc_exp=False) as live, bar:
+        if resumed:
+            _log(live, meta)  # the step resumed from, logged again from its checkpoint
         while meta["step"] < params.max_steps and not _out_of_time(params, meta["train_seconds"]):
             state, carry, train_loss = _train_interval(params, model, lanes, train_step, state, carry, meta, bar)
             val_loss = float(evaluate(state.params, *val))
@@ -186,9 +194,9 @@ def run(params: TrainParams, data_dir: Path, checkpoint_dir: Path, live_dir: Pat
             best = val_loss < meta["best_val_loss"]
             meta.update(train_loss=train_loss, val_loss=val_loss, val_bpc=val_loss / LN2)
             meta["best_val_loss"] = min(val_loss, meta["best_val_loss"])
-            checkpoint.save(last_path, meta, state.params, state.opt_state, carry)
             if best:
                 checkpoint.save(checkpoint_dir / checkpoint.BEST, meta, state.params)
+            checkpoint.save(last_path, meta, state.params, state.opt_state, carry)  # the commit (module doc)
             _log(live, meta)
             bar.total = _expected_last_step(params, meta, lanes.chars_per_window)
             bar.set_postfix(
@@ -310,22 +318,18 @@ def _fine_tune_start(path: Path, fresh_params, vocab: Vocab):
     return loaded
 
 
-def _repair_live_dir(live_dir: Path, step: int) -> None:
-    """Make DVCLive's files fit the checkpoint a run resumes from. A kill can land while DVCLive writes them
-    (after the checkpoint): its summary may be torn, and its curves may end in a torn row or hold rows logged
-    after `step`. Keep whole rows up to `step`; drop a torn summary or curve, which the next log writes afresh."""
-    summary = live_dir / "metrics.json"
-    try:
-        json.loads(summary.read_text())
-    except FileNotFoundError:
-        pass
-    except ValueError:
-        summary.unlink()
+def _rewind_live_dir(live_dir: Path, step: int) -> None:
+    """Make DVCLive's files end before `step`, the step of the checkpoint a run resumes from, which logs that step
+    again. A kill can land while DVCLive writes (after the checkpoint): its summary may be torn, and its curves may
+    end in a torn row or hold rows logged at or after `step`. Keep the whole rows before `step` (rewritten
+    atomically: a kill here must not lose them) and drop the summary, which the log of `step` writes afresh."""
+    (live_dir / "metrics.json").unlink(missing_ok=True)
     for tsv in (live_dir / "plots" / "metrics").glob("**/*.tsv"):
+        atomic.remove_leftovers(tsv)
         lines = [line for line in tsv.read_text().splitlines(keepends=True) if line.endswith("\n")]
         if not lines:
             tsv.unlink()
             continue
         header, *rows = lines
         column = header.rstrip("\n").split("\t").index("step")
-        tsv.write_text(header + "".join(row for row in rows if int(row.split("\t")[column]) <= step))
+        atomic.write_text(tsv, header + "".join(row for row in rows if int(row.split("\t")[column]) < step))
