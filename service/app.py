@@ -31,7 +31,8 @@ from litestar.exceptions.responses import create_exception_response
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
-from litestar.params import Body, Parameter
+from litestar.openapi.spec import OpenAPI
+from litestar.params import Body
 from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -40,34 +41,34 @@ from service.bot import Bot
 from service.observability import JsonFormatter, RequestObserver, observe_unmatched
 from service.schemas import (
     MAX_POST_CHARS,
-    MAX_PRIME_CHARS,
-    MAX_TOP_K,
-    SEED_SCHEMA,
     GenerateRequest,
     GenerateResponse,
     Health,
+    MaxLength,
     Post,
+    Prime,
     Readiness,
+    Seed,
     StreamChunk,
     StreamDone,
     StreamEvent,
+    Temperature,
+    TopK,
+    TopP,
+    alphabet_pattern,
+    as_query,
 )
 from service.settings import Settings
 from tweetbot.runtime import bundle
 from tweetbot.runtime.errors import UserError, exit_on_user_error
-from tweetbot.runtime.sample import MAX_LENGTH, MAX_SEED, SampleRequest
+from tweetbot.runtime.sample import SampleRequest
+from tweetbot.runtime.vocab import Vocab, render
 
 PAGE = Path(__file__).parent / "static" / "index.html"
 
-# Query parameters share the bounds of the POST body (service/schemas.py).
-TemperatureQuery = Annotated[float, Parameter(gt=0, le=5, description="softmax temperature")]
-PrimeQuery = Annotated[
-    str,
-    Parameter(max_length=MAX_PRIME_CHARS, description="text the post starts with, in characters the model knows"),
-]
-SeedQuery = Annotated[
-    int | None, Parameter(ge=0, le=MAX_SEED, description="same seed, same text", schema_extra=SEED_SCHEMA)
-]
+# Query parameters: the types and bounds of the POST body's fields (service/schemas.py).
+TemperatureQuery, PrimeQuery, SeedQuery = as_query(Temperature), as_query(Prime), as_query(Seed | None)
+TopKQuery, TopPQuery, MaxLengthQuery = as_query(TopK | None), as_query(TopP), as_query(MaxLength)
 ReadyBot = NamedDependency[Bot]  # injected by `ready_bot`
 # msgspec rejects unknown fields; Litestar does not say so in the schema by itself.
 StrictJSONBody = Body(schema_extra={"additionalProperties": False})
@@ -116,8 +117,10 @@ async def new_post(
 ) -> Post:
     check_prime(bot, prime, "query")
     (seed,) = bot.seeds(seed, 1)
-    request = SampleRequest(prime=prime, temperature=temperature, max_length=MAX_POST_CHARS - len(prime), seed=seed)
-    (text,) = await bot.generate([request])
+    # A post is at most 280 characters as shown, prime included (cut, should the prime alone show longer).
+    written = max(MAX_POST_CHARS - len(render(prime)), 1)
+    request = SampleRequest(prime=prime, temperature=temperature, max_length=written, seed=seed)
+    (text,) = await bot.generate([request], limit=MAX_POST_CHARS)
     return Post(text=text)
 
 
@@ -155,9 +158,9 @@ async def stream(
     bot: ReadyBot,
     temperature: TemperatureQuery = 1.0,
     prime: PrimeQuery = "",
-    top_k: Annotated[int | None, Parameter(ge=1, le=MAX_TOP_K)] = None,
-    top_p: Annotated[float, Parameter(gt=0, le=1)] = 1.0,
-    max_length: Annotated[int, Parameter(ge=1, le=MAX_LENGTH)] = MAX_POST_CHARS,
+    top_k: TopKQuery = None,
+    top_p: TopPQuery = 1.0,
+    max_length: MaxLengthQuery = MAX_POST_CHARS,
     seed: SeedQuery = None,
 ) -> ServerSentEvent:
     check_prime(bot, prime, "query")
@@ -208,6 +211,18 @@ def settings_from_env() -> Settings:
     return settings
 
 
+def publish_alphabet(schema: OpenAPI, vocab: Vocab) -> None:
+    """Give every `prime` (query parameter or body field) the pattern of the characters the model knows, so the
+    schema says what the handler checks (a client, or a fuzzer, can tell a valid prime from the schema)."""
+    pattern = alphabet_pattern(vocab)
+    for path in (schema.paths or {}).values():
+        for operation in filter(None, (path.get, path.post)):
+            for parameter in operation.parameters or []:
+                if parameter.name == "prime":
+                    parameter.schema.pattern = pattern
+    schema.components.schemas["GenerateRequest"].properties["prime"].pattern = pattern
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     """The application; without `settings`, from the environment (see service/settings.py)."""
     settings = settings or settings_from_env()
@@ -215,6 +230,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     @asynccontextmanager
     async def model_lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.bot = bot = Bot(settings)  # a bad bundle fails start-up here (a BundleError)
+        publish_alphabet(app.openapi_schema, bot.vocab)  # before any request can read the schema
         bot.start()
         try:
             yield

@@ -7,7 +7,8 @@ at once, and the larger buckets, needed only when many requests arrive together,
 background (a bucket needed before its turn is compiled by the batcher, once). Compiled programs go to JAX's
 persistent cache (`TWEETBOT_COMPILE_CACHE`), so a restart, or an image whose build warmed the cache, is ready
 in seconds.
-Texts leave here as people read them: link and mention tokens rendered (`tweetbot.runtime.vocab.render`).
+Texts leave here as people read them: link and mention tokens rendered (`tweetbot.runtime.vocab.render`), and
+capped by what is shown, so a `max_length` (or a post's 280) counts the 14 characters of each link, not one.
 """
 
 from __future__ import annotations
@@ -26,9 +27,34 @@ from service.observability import MODEL, observe_batch
 from service.settings import Settings
 from tweetbot.runtime import bundle
 from tweetbot.runtime.sample import BATCH_BUCKETS, MAX_SEED, Engine, Sampler, SampleRequest, bucket, check
-from tweetbot.runtime.vocab import render
+from tweetbot.runtime.vocab import RENDERED, render
 
 log = logging.getLogger("tweetbot.service")
+
+
+class Shown:
+    """A text as the client receives it, piece by piece: each symbol rendered, and the text cut before the first
+    symbol that would take it past `limit` characters (never inside a link)."""
+
+    def __init__(self, limit: int):
+        self.left = limit
+        self.full = False
+
+    def add(self, text: str) -> str:
+        shown = []
+        for char in text:
+            piece = RENDERED.get(char, char)
+            if len(piece) > self.left:
+                self.full = True
+                break
+            self.left -= len(piece)
+            shown.append(piece)
+        return "".join(shown)
+
+
+def shown_limit(request: SampleRequest) -> int:
+    """What a client receives of `request` by default: its prime, then at most `max_length` characters."""
+    return len(render(request.prime)) + request.max_length
 
 
 class Bot:
@@ -86,15 +112,21 @@ class Bot:
         first = secrets.randbelow(MAX_SEED + 1 - n) if seed is None else seed
         return [(first + i) % (MAX_SEED + 1) for i in range(n)]
 
-    async def generate(self, requests: list[SampleRequest]) -> list[str]:
-        """Each request's prime and sample, whichever rows they share the engine's slots with."""
+    async def generate(self, requests: list[SampleRequest], limit: int | None = None) -> list[str]:
+        """Each request's prime and sample, whichever rows they share the engine's slots with, shown within
+        `limit` characters (default: `shown_limit`). A row writes at most `max_length` symbols, and each shows
+        as one character or more, so it always writes enough."""
         for request in requests:  # a bad request is a 400 before it is queued
             check(request, self.vocab)
         texts = await self.batcher.generate(requests)
-        return [render(request.prime + text) for request, text in zip(requests, texts, strict=True)]
+        return [
+            Shown(limit or shown_limit(request)).add(request.prime + text)
+            for request, text in zip(requests, texts, strict=True)
+        ]
 
     def stream(self, request: SampleRequest) -> AsyncIterator[str]:
-        """The sample of `request` (prime first), a chunk of characters at a time, as the engine writes it.
+        """The sample of `request` (prime first), a chunk of characters at a time as the engine writes it, shown
+        as `generate` shows it; the row leaves its slot once its text is full.
 
         The request is checked and queued now, not when the first chunk is due, so a bad request (400) or a
         full queue (503) is refused before the response starts.
@@ -103,10 +135,14 @@ class Bot:
         texts = self.batcher.stream(request)
 
         async def chunks() -> AsyncIterator[str]:
-            if request.prime:
-                yield render(request.prime)
+            shown = Shown(shown_limit(request))
             async with contextlib.aclosing(texts):  # a client that leaves frees its slot at once
+                if request.prime:
+                    yield shown.add(request.prime)
                 async for text in texts:
-                    yield render(text)  # a link or mention is one token, so never split across chunks
+                    if piece := shown.add(text):  # a link or mention is one token, never split across chunks
+                        yield piece
+                    if shown.full:
+                        break
 
         return chunks()

@@ -157,11 +157,29 @@ def test_link_and_mention_tokens_are_shown_as_people_read_them(linking_client):
     link, mention = RENDERED[LINK], RENDERED[MENTION]
     post = linking_client.get("/", params={"prime": f"{MENTION} hi ", "seed": 1}).json()["text"]
     assert post.startswith(f"{mention} hi {link}{link}")
-    body = {"prime": MENTION, "max_length": 3, "n": 2}
+    body = {"prime": MENTION, "max_length": 3 * len(link), "n": 2}
     assert linking_client.post("/generate", json=body).json()["samples"] == [mention + link * 3] * 2
     events = sse_events(linking_client.get("/stream", params={"prime": MENTION, "max_length": 40}).text)
-    assert "".join(data["text"] for kind, data in events if kind == "message") == mention + link * 40
+    assert "".join(data["text"] for kind, data in events if kind == "message") == mention + link * 2
     assert not {LINK, MENTION} & set(post + linking_client.get("/stream", params={"max_length": 40}).text)
+
+
+def test_the_length_cap_counts_what_the_client_receives(linking_client):
+    """Every symbol this model writes is a link, shown as 14 characters: a cap counts those, and a link that
+    would not fit ends the text (it is never cut in half)."""
+    link, mention = RENDERED[LINK], RENDERED[MENTION]
+    assert linking_client.get("/", params={"seed": 1}).json()["text"] == link * 20  # 280 characters
+    prime = f"{MENTION} hi "  # shown as 9 characters: 19 links fit after it
+    assert linking_client.get("/", params={"prime": prime, "seed": 1}).json()["text"] == f"{mention} hi " + link * 19
+    long_prime = LINK * 30  # 420 characters shown: the post is cut too
+    assert linking_client.get("/", params={"prime": long_prime}).json()["text"] == link * 20
+    for max_length in (1, 13, 14, 100, 1000):
+        fitting = link * (max_length // len(link))
+        body = {"prime": "the ", "max_length": max_length, "seed": 3}
+        assert linking_client.post("/generate", json=body).json()["samples"] == ["the " + fitting]
+        events = sse_events(linking_client.get("/stream", params=body).text)
+        assert events[-1][0] == "done"
+        assert "".join(data["text"] for kind, data in events[:-1]) == "the " + fitting
 
 
 # --- POST /generate ----------------------------------------------------------------------------------------
@@ -501,6 +519,39 @@ def test_openapi_schema_lists_every_route(client):
     body = schema["components"]["schemas"]["GenerateRequest"]
     assert body["properties"]["temperature"]["exclusiveMinimum"] == 0
     assert body["properties"]["n"]["maximum"] == 64
+
+
+QUERY_FIELDS = {
+    "/": ("temperature", "prime", "seed"),
+    "/stream": ("temperature", "prime", "top_k", "top_p", "max_length", "seed"),
+}
+
+
+def test_query_parameters_have_the_bounds_of_the_body_fields(client):
+    schema = client.get("/schema").json()
+    body = schema["components"]["schemas"]["GenerateRequest"]["properties"]
+    for path, fields in QUERY_FIELDS.items():
+        parameters = {p["name"]: p["schema"] for p in schema["paths"][path]["get"]["parameters"]}
+        assert set(parameters) == set(fields)
+        for field in fields:
+            assert parameters[field] == body[field], f"{path} {field}"
+
+
+def test_the_schema_publishes_the_alphabet_the_prime_must_use(client):
+    schema = client.get("/schema").json()
+    body = schema["components"]["schemas"]["GenerateRequest"]["properties"]["prime"]
+    patterns = {body["pattern"]} | {
+        p["schema"]["pattern"]
+        for path in QUERY_FIELDS
+        for p in schema["paths"][path]["get"]["parameters"]
+        if p["name"] == "prime"
+    }
+    (pattern,) = patterns
+    assert re.fullmatch(pattern, "".join(VOCAB.chars)) and re.fullmatch(pattern, "")
+    for outside in ["€", "Z", "\f", "\n", "]", "^", "\\", "\ue000"]:  # unknown to the tiny model
+        assert not re.fullmatch(pattern, f"the {outside}"), outside
+        assert client.get("/", params={"prime": f"the {outside}"}).status_code == 400
+    assert client.get("/", params={"prime": "-.:/ 09#@'!?"}).status_code == 200  # known, special in a class
 
 
 def test_metrics_count_requests_by_route_and_show_the_model(client, bundle_dir):
