@@ -56,6 +56,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     TWEETBOT_BUNDLE=/app/bundle \
     TWEETBOT_COMPILE_CACHE="" \
+    TWEETBOT_DRAIN_S=20 \
     PORT=8080
 # Last, so a new tag or revision changes no layer above.
 ARG SOURCE=
@@ -73,6 +74,8 @@ USER tweetbot:tweetbot
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['PORT'] + '/healthz', timeout=2)"]
-# `exec` makes uvicorn PID 1, so it gets SIGTERM itself and stops at once (waiting at most 3 s for open
-# requests). It listens on PORT (8080), as service/settings.py says, which a host-networked run may move.
-CMD ["/bin/sh", "-c", "exec uvicorn --factory service.app:create_app --host 0.0.0.0 --port \"$PORT\" --timeout-graceful-shutdown 3"]
+# `exec` makes uvicorn PID 1, so it gets SIGTERM itself and drains: it exits within TWEETBOT_DRAIN_S (20 s, the
+# settings' default). The service cuts what still runs a second before; uvicorn's own bound is the same
+# (service/shutdown.py).
+# It listens on PORT (8080), as service/settings.py says, which a host-networked run may move.
+CMD ["/bin/sh", "-c", "exec uvicorn --factory service.app:create_app --host 0.0.0.0 --port \"$PORT\" --timeout-graceful-shutdown \"$TWEETBOT_DRAIN_S\""]

@@ -5,9 +5,11 @@
 Two servers run the same bundle at once, one batching (TWEETBOT_MAX_BATCH=32) and one not (=1). 32 concurrent
 keep-alive clients call `GET /` on each in turn, interleaved over several rounds so a change in the machine's
 load hits both alike; every phase is bounded in time. Also: `GET /` latency with one client (unloaded), and
-process start to `/readyz` 200 with an empty and with a warm JAX compilation cache. The bundle is
-models/export when it exists, else a randomly initialised model of the default `train:` size (the sampler
-runs the same steps for it: a random model rarely ends a post early).
+process start to `/readyz` 200 with an empty and with a warm JAX compilation cache. All clients come from
+127.0.0.1, one client to the service, so the per-client limits are off here (benchmarks/fairness_speed.py
+measures them). The bundle is models/export when it exists, else a randomly initialised model of the default
+`train:` size (the sampler runs the same steps for it; its near-uniform draws end a post after about 100
+characters, as the end-of-post symbol is one of 96).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ READY_TIMEOUT_S = 600
 EXPORTED = Path("models/export")
 
 
-def make_bundle(folder: Path) -> Path:
-    """models/export, or a random model of the default size when nothing has been exported yet."""
+def make_bundle(folder: Path, endless: bool = False) -> Path:
+    """models/export, or a random model of the default size when nothing has been exported yet; `endless`:
+    one that never ends a post (every sample runs to its length)."""
     from tweetbot.runtime import bundle
 
     if (EXPORTED / bundle.MANIFEST).exists():
@@ -46,27 +49,36 @@ def make_bundle(folder: Path) -> Path:
 
     from tweetbot.params import TrainParams
     from tweetbot.runtime.model import CharRNN
-    from tweetbot.runtime.vocab import Vocab
+    from tweetbot.runtime.vocab import EOS, Vocab
 
     train = TrainParams()
     vocab = Vocab([chr(c) for c in range(32, 127)])
     model = CharRNN(len(vocab), train.rnn_size, train.num_layers, train.model)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32), model.initial_carry(1))
+    if endless:
+        variables["params"]["head"]["bias"] = variables["params"]["head"]["bias"].at[EOS].set(-100.0)
     bundle.write(folder, model, variables, vocab, metrics={}, train_params={}, data_stats={})
     return folder
+
+
+def no_client_limits(max_batch: int) -> dict[str, str]:
+    """The settings that turn every per-client limit off (service/fairness.py)."""
+    return {"TWEETBOT_CLIENT_RATE": "0", "TWEETBOT_CLIENT_SAMPLES": "100000", "TWEETBOT_CLIENT_SLOTS": str(max_batch)}
 
 
 class Server:
     """uvicorn serving a bundle; `started_s` is process start to /readyz 200."""
 
-    def __init__(self, bundle: Path, cache: Path, log: Path, max_batch: int):
+    def __init__(self, bundle: Path, cache: Path, log: Path, max_batch: int, **env: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
         env = {
             **os.environ,
             "TWEETBOT_BUNDLE": str(bundle),
             "TWEETBOT_COMPILE_CACHE": str(cache),
             "TWEETBOT_MAX_BATCH": str(max_batch),
+            **env,
         }
         command = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app"]
         command += ["--port", str(self.port)]
@@ -83,13 +95,27 @@ class Server:
     def stop(self) -> None:
         stop(self.process, timeout_s=10)
 
-    def batches(self) -> tuple[float, float]:
-        """(sampler calls, rows) so far, from the service's Prometheus metrics."""
+    def wait_compiled(self) -> None:
+        """Until every batch size is compiled (ready comes after the first: the others compile meanwhile)."""
+        deadline = time.perf_counter() + READY_TIMEOUT_S
+        while "all batch sizes compiled" not in self.log.read_text():
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"the service did not compile every batch size: see {self.log}")
+            time.sleep(0.1)
+
+    def metric(self, name: str) -> float:
+        """The value of `name` (no labels) in the service's Prometheus metrics, 0 when absent."""
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as response:
             text = response.read().decode()
-        count = re.search(r"^tweetbot_batch_size_count (\S+)$", text, re.MULTILINE)
-        total = re.search(r"^tweetbot_batch_size_sum (\S+)$", text, re.MULTILINE)
-        return float(count.group(1)) if count else 0.0, float(total.group(1)) if total else 0.0
+        found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
+
+    def batches(self) -> tuple[float, float]:
+        """(sampler calls, rows) so far."""
+        return self.metric("tweetbot_batch_size_count"), self.metric("tweetbot_batch_size_sum")
+
+    def in_flight(self) -> float:
+        return self.metric("tweetbot_samples_in_flight")
 
 
 async def client(port: int, path: str, deadline: float, latencies: list, errors: list, limit: int | None):
@@ -152,10 +178,10 @@ def main() -> dict:
         bundle = make_bundle(folder / "export")
         cache = folder / "jax-cache"
         # Cold start: an empty compilation cache (a fresh container); warm: a restart that finds it filled.
-        first = Server(bundle, cache, folder / "cold.log", max_batch=CLIENTS)
+        first = Server(bundle, cache, folder / "cold.log", max_batch=CLIENTS, **no_client_limits(CLIENTS))
         first.stop()
-        batched = Server(bundle, cache, folder / "batched.log", max_batch=CLIENTS)
-        unbatched = Server(bundle, cache, folder / "unbatched.log", max_batch=1)
+        batched = Server(bundle, cache, folder / "batched.log", max_batch=CLIENTS, **no_client_limits(CLIENTS))
+        unbatched = Server(bundle, cache, folder / "unbatched.log", max_batch=1, **no_client_limits(1))
         try:
             servers = {"on": batched, "off": unbatched}
             unloaded = {name: load(s, 1, 60.0, limit=UNLOADED_REQUESTS) for name, s in servers.items()}

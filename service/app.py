@@ -6,15 +6,18 @@
     GET  /app        the web page          GET /schema   OpenAPI          GET /metrics   Prometheus
     GET  /healthz    alive                 GET /readyz   200 once the model can answer, 503 before
 
-Every bound is checked before the model runs, and a bad value is a 400 whose `extra` names the field.
+Every bound is checked before the model runs, and a bad value is a 400 whose `extra` names the field. A client
+past its share (service/fairness.py) gets a 429; a full queue, a model still compiling or a service shutting
+down (service/shutdown.py) a 503; both with Retry-After. A client that disconnects takes its samples with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Litestar, MediaType, Request, Response, get, post
@@ -36,8 +39,9 @@ from litestar.params import Body
 from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.batching import QueueFull
+from service.batching import QueueFull, Stopping
 from service.bot import Bot
+from service.fairness import TooManyRequests, client_address
 from service.observability import JsonFormatter, RequestObserver, observe_unmatched
 from service.schemas import (
     MAX_POST_CHARS,
@@ -47,6 +51,7 @@ from service.schemas import (
     MaxLength,
     Post,
     Prime,
+    Problem,
     Readiness,
     Seed,
     StreamChunk,
@@ -59,19 +64,27 @@ from service.schemas import (
     as_query,
 )
 from service.settings import Settings
+from service.shutdown import FLUSH_S, on_termination
 from tweetbot.runtime import bundle
 from tweetbot.runtime.errors import UserError, exit_on_user_error
 from tweetbot.runtime.sample import SampleRequest
 from tweetbot.runtime.vocab import Vocab, render
 
 PAGE = Path(__file__).parent / "static" / "index.html"
+T = TypeVar("T")
 
 # Query parameters: the types and bounds of the POST body's fields (service/schemas.py).
 TemperatureQuery, PrimeQuery, SeedQuery = as_query(Temperature), as_query(Prime), as_query(Seed | None)
 TopKQuery, TopPQuery, MaxLengthQuery = as_query(TopK | None), as_query(TopP), as_query(MaxLength)
 ReadyBot = NamedDependency[Bot]  # injected by `ready_bot`
+ClientAddress = NamedDependency[str]  # injected by `client_of`
 # msgspec rejects unknown fields; Litestar does not say so in the schema by itself.
 StrictJSONBody = Body(schema_extra={"additionalProperties": False})
+# What a generating route may answer instead of text (both with Retry-After).
+REFUSALS = {
+    429: ResponseSpec(Problem, description="the client asked for more than its share: retry after Retry-After"),
+    503: ResponseSpec(Problem, description="not ready yet, at capacity or shutting down: retry after Retry-After"),
+}
 
 
 def ready_bot(state: State) -> Bot:
@@ -85,14 +98,55 @@ def ready_bot(state: State) -> Bot:
     return bot
 
 
+def client_of(request: Request, state: State) -> str:
+    """Who the request comes from: the peer, or the address a trusted proxy forwarded (service/fairness.py)."""
+    peer = request.client.host if request.client else "unknown"
+    return client_address(peer, request.headers.getall("x-forwarded-for", []), state.trusted_proxies)
+
+
+class ClientLeft(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+async def unless_the_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """The result of `work`, which is cancelled if the client disconnects first: its samples leave the engine
+    (nobody would read them), and they no longer count against anyone's limits."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass  # the (already read) request body
+
+    answer, watcher = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({answer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (answer, watcher):
+            task.cancel()  # a no-op for the one that finished
+        await asyncio.gather(answer, watcher, return_exceptions=True)
+    if answer.cancelled():
+        raise ClientLeft
+    return answer.result()
+
+
+def client_left(request: Request, error: ClientLeft) -> Response:
+    """Nobody reads this answer; the status (nginx's 499) is for the request log and the metrics."""
+    return Response(None, status_code=499)
+
+
 def user_error_is_a_bad_request(request: Request, error: UserError) -> Response:
     """A request the sampler refuses (its own last check) is the client's mistake, never a 500."""
     return Response({"status_code": 400, "detail": str(error)}, status_code=400)
 
 
-def full_queue_is_unavailable(request: Request, error: QueueFull) -> Response:
-    """Too many samples waiting: a 503 the client may retry, not an ever longer wait."""
+def unavailable(request: Request, error: QueueFull | Stopping) -> Response:
+    """Too many samples waiting, or the service stopping: a 503 the client may retry, not an ever longer wait."""
     return Response({"status_code": 503, "detail": str(error)}, status_code=503, headers={"Retry-After": "1"})
+
+
+def too_many_requests(request: Request, error: TooManyRequests) -> Response:
+    """The client asked for more than its share: a 429 that says when to come back."""
+    headers = {"Retry-After": str(error.retry_after_s)}
+    return Response({"status_code": 429, "detail": str(error)}, status_code=429, headers=headers)
 
 
 def unmatched_route(request: Request, error: NotFoundException | MethodNotAllowedException) -> Response:
@@ -111,24 +165,31 @@ def check_prime(bot: Bot, prime: str, source: str) -> None:
         raise ValidationException("Validation failed", extra=[{"key": "prime", "source": source, "message": message}])
 
 
-@get("/", summary="One new post, as the original bot answered")
+@get("/", summary="One new post, as the original bot answered", responses=REFUSALS)
 async def new_post(
-    bot: ReadyBot, temperature: TemperatureQuery = 1.0, prime: PrimeQuery = "", seed: SeedQuery = None
+    request: Request,
+    bot: ReadyBot,
+    client: ClientAddress,
+    temperature: TemperatureQuery = 1.0,
+    prime: PrimeQuery = "",
+    seed: SeedQuery = None,
 ) -> Post:
     check_prime(bot, prime, "query")
     (seed,) = bot.seeds(seed, 1)
     # A post is at most 280 characters as shown, prime included (cut, should the prime alone show longer).
     written = max(MAX_POST_CHARS - len(render(prime)), 1)
-    request = SampleRequest(prime=prime, temperature=temperature, max_length=written, seed=seed)
-    (text,) = await bot.generate([request], limit=MAX_POST_CHARS)
+    sample = SampleRequest(prime=prime, temperature=temperature, max_length=written, seed=seed)
+    (text,) = await unless_the_client_leaves(request, bot.generate([sample], client, limit=MAX_POST_CHARS))
     return Post(text=text)
 
 
-@post("/generate", status_code=200, summary="Samples with every sampling setting")
-async def generate(bot: ReadyBot, data: Annotated[GenerateRequest, StrictJSONBody]) -> GenerateResponse:
+@post("/generate", status_code=200, summary="Samples with every sampling setting", responses=REFUSALS)
+async def generate(
+    request: Request, bot: ReadyBot, client: ClientAddress, data: Annotated[GenerateRequest, StrictJSONBody]
+) -> GenerateResponse:
     check_prime(bot, data.prime, "body")
     seeds = bot.seeds(data.seed, data.n)
-    requests = [
+    samples = [
         SampleRequest(
             prime=data.prime,
             temperature=data.temperature,
@@ -139,7 +200,8 @@ async def generate(bot: ReadyBot, data: Annotated[GenerateRequest, StrictJSONBod
         )
         for seed in seeds
     ]
-    return GenerateResponse(samples=await bot.generate(requests), seeds=seeds, model_version=bot.version)
+    texts = await unless_the_client_leaves(request, bot.generate(samples, client))
+    return GenerateResponse(samples=texts, seeds=seeds, model_version=bot.version)
 
 
 @get(
@@ -151,11 +213,13 @@ async def generate(bot: ReadyBot, data: Annotated[GenerateRequest, StrictJSONBod
             StreamEvent,
             media_type="text/event-stream",
             description='events of {"text": the next characters}, then a `done` event',
-        )
+        ),
+        **REFUSALS,
     },
 )
 async def stream(
     bot: ReadyBot,
+    client: ClientAddress,
     temperature: TemperatureQuery = 1.0,
     prime: PrimeQuery = "",
     top_k: TopKQuery = None,
@@ -165,16 +229,20 @@ async def stream(
 ) -> ServerSentEvent:
     check_prime(bot, prime, "query")
     (seed,) = bot.seeds(seed, 1)
-    request = SampleRequest(
+    sample = SampleRequest(
         prime=prime, temperature=temperature, top_k=top_k or 0, top_p=top_p, max_length=max_length, seed=seed
     )
 
-    chunks = bot.stream(request)  # queued now: a full queue is a 503 before the stream starts
+    chunks = await bot.stream(sample, client)  # queued now: a refusal (429, 503) comes before the stream starts
 
     async def events() -> AsyncIterator[ServerSentEventMessage]:
-        async for chunk in chunks:
-            yield ServerSentEventMessage(data=msgspec.json.encode(StreamChunk(chunk)).decode())
-        done = StreamDone(model_version=bot.version, seed=seed)
+        interrupted = False
+        try:
+            async for chunk in chunks:
+                yield ServerSentEventMessage(data=msgspec.json.encode(StreamChunk(chunk)).decode())
+        except Stopping:  # a shutdown cut it: the stream still ends as a stream ends
+            interrupted = True
+        done = StreamDone(model_version=bot.version, seed=seed, interrupted=interrupted)
         yield ServerSentEventMessage(event="done", data=msgspec.json.encode(done).decode())
 
     return ServerSentEvent(events())
@@ -232,17 +300,27 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.bot = bot = Bot(settings)  # a bad bundle fails start-up here (a BundleError)
         publish_alphabet(app.openapi_schema, bot.vocab)  # before any request can read the schema
         bot.start()
+        loop = asyncio.get_running_loop()
+        cut_after_s = max(settings.drain_s - FLUSH_S, 0)
         try:
-            yield
+            with on_termination(lambda: loop.call_soon_threadsafe(bot.drain, cut_after_s)):
+                yield
         finally:
             await bot.stop()
 
     return Litestar(
         route_handlers=[new_post, generate, stream, healthz, readyz, metrics, page],
-        dependencies={"bot": Provide(ready_bot, sync_to_thread=False)},
+        dependencies={
+            "bot": Provide(ready_bot, sync_to_thread=False),
+            "client": Provide(client_of, sync_to_thread=False),
+        },
+        state=State({"trusted_proxies": settings.trusted_proxies}),
         exception_handlers={
             UserError: user_error_is_a_bad_request,
-            QueueFull: full_queue_is_unavailable,
+            QueueFull: unavailable,
+            Stopping: unavailable,
+            TooManyRequests: too_many_requests,
+            ClientLeft: client_left,
             NotFoundException: unmatched_route,
             MethodNotAllowedException: unmatched_route,
         },

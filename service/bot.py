@@ -23,7 +23,8 @@ from collections.abc import AsyncIterator
 import jax
 
 from service.batching import ContinuousBatcher
-from service.observability import MODEL, observe_batch
+from service.fairness import RateLimiter, held_refusals
+from service.observability import IN_FLIGHT, MODEL, observe_batch
 from service.settings import Settings
 from tweetbot.runtime import bundle
 from tweetbot.runtime.sample import BATCH_BUCKETS, MAX_SEED, Engine, Sampler, SampleRequest, bucket, check
@@ -67,14 +68,21 @@ class Bot:
         self.version = self.bundle.version
         self.sampler = Sampler(self.bundle.model, self.bundle.variables, self.vocab)
         self.batcher = ContinuousBatcher(
-            Engine(self.sampler, slots=settings.max_batch), max_queue=settings.max_queue, on_chunk=observe_batch
+            Engine(self.sampler, slots=settings.max_batch),
+            max_queue=settings.max_queue,
+            client_samples=settings.client_samples,
+            client_slots=settings.slots_per_client,
+            on_chunk=observe_batch,
         )
+        self.rate_limiter = RateLimiter(settings.client_rate, settings.client_burst) if settings.client_rate else None
         # The batch shapes the engine can run; larger buckets are never compiled.
         self._batch_sizes = tuple(b for b in BATCH_BUCKETS if b <= bucket(settings.max_batch, BATCH_BUCKETS))
         self.ready = False
+        self.draining = False
         self.problem: str | None = None
         self._warming: asyncio.Task | None = None
         MODEL.info({"version": self.version, **{k: str(v) for k, v in self.bundle.manifest["model"].items()}})
+        IN_FLIGHT.set_function(lambda: self.batcher.in_flight)
 
     def start(self) -> None:
         """Start the batcher and, in the background, the compilation that makes the bot ready."""
@@ -86,12 +94,22 @@ class Bot:
             self._warming.cancel()  # the compile thread finishes on its own; nothing waits for it
         await self.batcher.stop()
 
+    def drain(self, cut_after_s: float) -> None:
+        """Stop taking work (not ready: new requests are 503s), let what is in flight go on, and cut what is
+        still being written `cut_after_s` from now (service/shutdown.py)."""
+        if self.draining:
+            return
+        self.draining, self.ready = True, False
+        self.problem = "the service is shutting down: retry, another instance will answer"
+        log.info("draining", extra={"fields": {"in_flight": self.batcher.in_flight, "cut_after_s": cut_after_s}})
+        asyncio.get_running_loop().call_later(cut_after_s, self.batcher.interrupt)
+
     async def _warm_up(self) -> None:
         started = time.perf_counter()
         try:
             for size in self._batch_sizes:  # one bucket at a time, so a shutdown never waits for them all
                 await asyncio.to_thread(self.sampler.warmup, (size,), one_shot=False)
-                if not self.ready:  # the smallest bucket serves any one request
+                if not self.ready and not self.draining:  # the smallest bucket serves any one request
                     self.ready = True
                     fields = {"model_version": self.version, "warmup_s": round(time.perf_counter() - started, 2)}
                     log.info("ready", extra={"fields": fields})
@@ -112,27 +130,35 @@ class Bot:
         first = secrets.randbelow(MAX_SEED + 1 - n) if seed is None else seed
         return [(first + i) % (MAX_SEED + 1) for i in range(n)]
 
-    async def generate(self, requests: list[SampleRequest], limit: int | None = None) -> list[str]:
+    def _admit(self, requests: list[SampleRequest], client: str) -> None:
+        """A bad request is a 400, and one past the client's rate a 429, before anything is queued."""
+        for request in requests:
+            check(request, self.vocab)
+        if self.rate_limiter:  # a request costs what it may make the engine write
+            self.rate_limiter.take(client, sum(request.max_length for request in requests))
+
+    async def generate(self, requests: list[SampleRequest], client: str, limit: int | None = None) -> list[str]:
         """Each request's prime and sample, whichever rows they share the engine's slots with, shown within
         `limit` characters (default: `shown_limit`). A row writes at most `max_length` symbols, and each shows
         as one character or more, so it always writes enough."""
-        for request in requests:  # a bad request is a 400 before it is queued
-            check(request, self.vocab)
-        texts = await self.batcher.generate(requests)
+        async with held_refusals():
+            self._admit(requests, client)
+            texts = await self.batcher.generate(requests, client)
         return [
             Shown(limit or shown_limit(request)).add(request.prime + text)
             for request, text in zip(requests, texts, strict=True)
         ]
 
-    def stream(self, request: SampleRequest) -> AsyncIterator[str]:
+    async def stream(self, request: SampleRequest, client: str) -> AsyncIterator[str]:
         """The sample of `request` (prime first), a chunk of characters at a time as the engine writes it, shown
         as `generate` shows it; the row leaves its slot once its text is full.
 
-        The request is checked and queued now, not when the first chunk is due, so a bad request (400) or a
-        full queue (503) is refused before the response starts.
+        The request is checked and queued now, not when the first chunk is due, so a bad request (400), one
+        past the client's share (429) or a full queue (503) is refused before the response starts.
         """
-        check(request, self.vocab)
-        texts = self.batcher.stream(request)
+        async with held_refusals():
+            self._admit([request], client)
+            texts = self.batcher.stream(request, client)
 
         async def chunks() -> AsyncIterator[str]:
             shown = Shown(shown_limit(request))

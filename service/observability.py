@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import Counter, Histogram, Info
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 REQUESTS = Counter("tweetbot_requests", "HTTP requests answered", ["route", "method", "status"])
 LATENCY = Histogram(
@@ -32,6 +32,7 @@ QUEUE_WAIT = Histogram(
     "Time a sample waited for a free slot",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
+IN_FLIGHT = Gauge("tweetbot_samples_in_flight", "Samples waiting for a slot or being written")
 MODEL = Info("tweetbot_model", "The model being served")
 UNMATCHED = "<unmatched>"  # the route label of requests for a path or method the service does not have
 

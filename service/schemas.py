@@ -100,7 +100,13 @@ class Post(msgspec.Struct):
 class StreamEvent(msgspec.Struct):
     """A server-sent event of `GET /stream`, as the OpenAPI schema describes it."""
 
-    data: Annotated[str, Meta(description='JSON: {"text": ...} in a message, {"model_version", "seed"} in done')]
+    data: Annotated[
+        str,
+        Meta(
+            description='JSON: {"text": ...} in a message; {"model_version", "seed"} in done, and "interrupted":'
+            " true when the service stopped before the sample ended"
+        ),
+    ]
     event: Literal["message", "done"] = "message"
 
 
@@ -108,9 +114,17 @@ class StreamChunk(msgspec.Struct):
     text: str  # the next characters of the sample (the prime comes first)
 
 
-class StreamDone(msgspec.Struct, kw_only=True):
+class StreamDone(msgspec.Struct, kw_only=True, omit_defaults=True):
     model_version: str
     seed: int
+    interrupted: bool = False  # the service stopped before the sample ended: ask again (same seed, same text)
+
+
+class Problem(msgspec.Struct):
+    """A refusal (Litestar's error body)."""
+
+    status_code: int
+    detail: str
 
 
 class Health(msgspec.Struct):

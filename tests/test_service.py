@@ -18,7 +18,8 @@ import pytest
 from litestar.testing import TestClient
 
 from service.app import create_app
-from service.batching import ContinuousBatcher
+from service.batching import ContinuousBatcher, QueueFull
+from service.fairness import TooManyRequests
 from service.observability import JsonFormatter
 from service.settings import Settings
 from tests.tiny_bundle import VOCAB, tiny_variables, write_tiny_bundle
@@ -315,12 +316,20 @@ def sampler_of(bundle_dir: Path) -> Sampler:
     return Sampler(loaded.model, loaded.variables, loaded.vocab)
 
 
-def run_batcher(engine: Engine, scenario, max_queue: int = 64) -> tuple[object, list[int]]:
+def run_batcher(
+    engine: Engine, scenario, max_queue: int = 64, client_samples: int = 64, client_slots: int | None = None
+) -> tuple[object, list[int]]:
     """`scenario(batcher)`'s result, with the busy rows of every compiled call the batcher made."""
     calls: list[int] = []
 
     async def main():
-        batcher = ContinuousBatcher(engine, max_queue=max_queue, on_chunk=lambda busy, waits: calls.append(busy))
+        batcher = ContinuousBatcher(
+            engine,
+            max_queue=max_queue,
+            client_samples=client_samples,
+            client_slots=client_slots or len(engine.owners),
+            on_chunk=lambda busy, waits: calls.append(busy),
+        )
         batcher.start()
         try:
             return await scenario(batcher)
@@ -349,10 +358,10 @@ def test_a_request_that_joins_running_rows_writes_what_it_writes_alone(endless_d
     engine = SteppedEngine(sampler, slots=2)
 
     async def scenario(batcher):
-        stream = batcher.stream(long)
+        stream = batcher.stream(long, "a")
         engine.allowed.release()
         first = await anext(stream)  # the long row has run one chunk; the late one joins it mid-way
-        late_stream = batcher.stream(late)  # queued now, before the engine may go on
+        late_stream = batcher.stream(late, "b")  # queued now, before the engine may go on
         engine.allowed.release(100)
         return first + "".join([text async for text in stream]), "".join([text async for text in late_stream])
 
@@ -367,11 +376,11 @@ def test_a_client_that_leaves_frees_its_slot(endless_dir):
     engine = SteppedEngine(sampler, slots=1)
 
     async def scenario(batcher):
-        stream = batcher.stream(SampleRequest(max_length=1000, seed=3))  # would hold the slot 32 chunks
+        stream = batcher.stream(SampleRequest(max_length=1000, seed=3), "a")  # would hold the slot 32 chunks
         engine.allowed.release()
         await anext(stream)
         await stream.aclose()
-        next_stream = batcher.stream(SampleRequest(max_length=30, seed=4))  # queued before the engine goes on
+        next_stream = batcher.stream(SampleRequest(max_length=30, seed=4), "b")  # queued before the engine goes on
         engine.allowed.release(100)
         return "".join([text async for text in next_stream])
 
@@ -379,6 +388,89 @@ def test_a_client_that_leaves_frees_its_slot(endless_dir):
     assert text == sampler.generate([SampleRequest(max_length=30, seed=4)])[0]
     # Its own first chunk, perhaps the one under way when it left, then the next request's only chunk.
     assert calls in ([1, 1], [1, 1, 1])
+
+
+def test_rows_whose_client_left_do_not_count_against_the_queue(endless_dir):
+    sampler = sampler_of(endless_dir)
+    engine = SteppedEngine(sampler, slots=1)
+
+    async def scenario(batcher):
+        running = batcher.stream(SampleRequest(max_length=40, seed=1), "a")  # 2 chunks
+        engine.allowed.release()
+        await anext(running)  # the one slot is busy: whatever comes next waits
+        # 64 waiting rows fill the queue; their clients go away while they wait.
+        leaving = [asyncio.ensure_future(batcher.generate([SampleRequest(seed=i)], f"c{i}")) for i in range(48)]
+        unread = [batcher.stream(SampleRequest(seed=i), f"d{i}") for i in range(16)]  # never read
+        await asyncio.sleep(0)  # the readers are waiting for their text
+        with pytest.raises(QueueFull):
+            batcher.stream(SampleRequest(), "e")
+        for task in leaving:
+            task.cancel()
+        await asyncio.gather(*leaving, return_exceptions=True)
+        for stream in unread:
+            await stream.aclose()
+        in_flight = batcher.in_flight
+        accepted = batcher.generate([SampleRequest(max_length=10, seed=s) for s in range(64)], "e")
+        engine.allowed.release(1000)
+        return in_flight, len(await accepted), "".join([text async for text in running])
+
+    (in_flight, answered, _), calls = run_batcher(engine, scenario, max_queue=64)
+    assert (in_flight, answered) == (1, 64)  # only the running row was left
+    assert len(calls) == 2 + 64  # the rows that left never ran
+
+
+class WatchedEngine(SteppedEngine):
+    """A stepped engine that notes the clients in its slots at every chunk."""
+
+    def __init__(self, sampler: Sampler, slots: int):
+        super().__init__(sampler, slots)
+        self.chunks: list[list[str]] = []
+
+    def advance(self):
+        self.chunks.append(sorted(row.client for row in self.owners if row is not None))
+        return super().advance()
+
+
+def test_each_client_gets_a_fair_share_of_the_slots(endless_dir):
+    """A heavy client's 64 samples wait beside a light client's post: the post takes a slot at the next chunk,
+    and the heavy client never holds more slots than its share (2 of 4 here)."""
+    sampler = sampler_of(endless_dir)
+    engine = WatchedEngine(sampler, slots=4)
+    heavy = [SampleRequest(max_length=100, seed=s) for s in range(64)]  # 4 chunks each
+    light = SampleRequest(max_length=40, seed=99)
+
+    async def scenario(batcher):
+        flood = asyncio.ensure_future(batcher.generate(heavy, "heavy"))
+        while not engine.chunks:  # the first chunk is about to run (held until the post is queued)
+            await asyncio.sleep(0.001)
+        post = batcher.generate([light], "light")
+        engine.allowed.release(1000)
+        return await post, await flood
+
+    (post, flood), _ = run_batcher(engine, scenario, max_queue=128, client_slots=2)
+    assert post == sampler.generate([light]) and flood == sampler.generate(heavy)
+    assert engine.chunks[:3] == [["heavy", "heavy"], ["heavy", "heavy", "light"], ["heavy", "heavy", "light"]]
+    assert all(chunk.count("heavy") == 2 for chunk in engine.chunks)
+
+
+def test_one_client_may_have_only_so_many_samples_in_flight(endless_dir):
+    sampler = sampler_of(endless_dir)
+    engine = SteppedEngine(sampler, slots=2)
+
+    async def scenario(batcher):
+        first = asyncio.ensure_future(batcher.generate([SampleRequest(max_length=10, seed=s) for s in range(6)], "a"))
+        await asyncio.sleep(0)
+        with pytest.raises(TooManyRequests) as refused:
+            batcher.stream(SampleRequest(), "a")  # 7 > 6
+        others = batcher.generate([SampleRequest(max_length=10)] * 6, "b")  # another client is not refused
+        engine.allowed.release(100)
+        await first
+        again = await batcher.generate([SampleRequest(max_length=10)] * 6, "a")  # its samples are done
+        return refused.value, len(await others), len(again)
+
+    (refused, others, again), _ = run_batcher(engine, scenario, client_samples=6)
+    assert refused.retry_after_s == 1 and "6 in flight" in str(refused)
+    assert (others, again) == (6, 6)
 
 
 def test_a_failed_chunk_fails_its_rows_and_the_batcher_lives_on(endless_dir):
@@ -396,8 +488,8 @@ def test_a_failed_chunk_fails_its_rows_and_the_batcher_lives_on(endless_dir):
 
     async def scenario(batcher):
         with pytest.raises(RuntimeError, match="device went away"):
-            await batcher.generate([request])
-        return await batcher.generate([request])
+            await batcher.generate([request], "a")
+        return await batcher.generate([request], "a")
 
     texts, _ = run_batcher(FailsOnce(sampler, slots=2), scenario)
     assert texts == sampler.generate([request])
@@ -412,7 +504,8 @@ def test_a_full_queue_is_a_503_that_says_retry(bundle_dir, monkeypatch):
         return advance(self)
 
     monkeypatch.setattr(Engine, "advance", gated_advance)
-    with TestClient(create_app(settings_for(bundle_dir, max_batch=1, max_queue=64))) as client:
+    # One client may have more samples in flight than the queue holds, so the queue is what refuses.
+    with TestClient(create_app(settings_for(bundle_dir, max_batch=1, max_queue=64, client_samples=128))) as client:
         wait_until_ready(client)
         chunks = metric(client, "tweetbot_batch_size_count")
         with ThreadPoolExecutor(1) as pool:
@@ -458,6 +551,18 @@ def test_not_ready_until_the_sampler_is_compiled(bundle_dir, monkeypatch):
         gate.set()
         wait_until_ready(client)
         assert client.get("/").status_code == 200
+
+
+def test_a_draining_service_is_not_ready_and_refuses_new_work(bundle_dir):
+    """What SIGTERM starts (tests/test_service_shutdown.py sends the signal to the real server)."""
+    with TestClient(create_app(settings_for(bundle_dir))) as client:
+        wait_until_ready(client)
+        client.blocking_portal.call(client.app.state.bot.drain, 60.0)
+        readiness = client.get("/readyz")
+        assert readiness.status_code == 503 and "shutting down" in readiness.json()["detail"]
+        for refused in (client.get("/"), client.post("/generate", json={}), client.get("/stream")):
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert client.get("/healthz").status_code == 200  # alive until it exits
 
 
 def test_ready_once_the_smallest_batch_compiles_while_the_larger_ones_go_on(bundle_dir, monkeypatch):
@@ -646,6 +751,7 @@ def test_settings_defaults_and_environment():
         "TWEETBOT_MAX_QUEUE": "1000",
         "TWEETBOT_LOG_LEVEL": "debug",
         "TWEETBOT_COMPILE_CACHE": "",
+        "TWEETBOT_DRAIN_S": "45",
     }
     assert Settings.from_env(env) == Settings(
         bundle=Path("/srv/bundle"),
@@ -655,6 +761,7 @@ def test_settings_defaults_and_environment():
         max_queue=1000,
         log_level="DEBUG",
         compile_cache=None,
+        drain_s=45,
     )
 
 
@@ -668,6 +775,13 @@ def test_settings_defaults_and_environment():
         ({"TWEETBOT_MAX_QUEUE": "63"}, "TWEETBOT_MAX_QUEUE"),
         ({"TWEETBOT_MAX_QUEUE": "many"}, "TWEETBOT_MAX_QUEUE"),
         ({"TWEETBOT_LOG_LEVEL": "LOUD"}, "TWEETBOT_LOG_LEVEL"),
+        ({"TWEETBOT_TRUSTED_PROXIES": "10.0.0.0/16,lb.internal"}, "TWEETBOT_TRUSTED_PROXIES holds 'lb.internal'"),
+        ({"TWEETBOT_CLIENT_RATE": "-1"}, "TWEETBOT_CLIENT_RATE is -1.0"),
+        ({"TWEETBOT_CLIENT_RATE": "fast"}, "TWEETBOT_CLIENT_RATE is 'fast', not a number"),
+        ({"TWEETBOT_CLIENT_SAMPLES": "10"}, "TWEETBOT_CLIENT_SAMPLES is 10: use 64"),
+        ({"TWEETBOT_CLIENT_SLOTS": "33"}, r"TWEETBOT_CLIENT_SLOTS is 33: use 1 to TWEETBOT_MAX_BATCH \(32\)"),
+        ({"TWEETBOT_DRAIN_S": "0"}, "TWEETBOT_DRAIN_S is 0: use 1 to 3600 seconds"),
+        ({"TWEETBOT_DRAIN_S": "2.5"}, "TWEETBOT_DRAIN_S is '2.5', not an integer"),
     ],
 )
 def test_bad_settings_are_one_clear_error(env, named):
