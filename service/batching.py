@@ -1,6 +1,6 @@
 """Continuous batching: every sample is a row in one of the engine's slots; rows join and leave between chunks.
 
-One background task owns the sampler's `Engine` (tweetbot.runtime.sample). It loops: move waiting rows into free
+One background task owns the `Engine` (service/engine.py). It loops: move waiting rows into free
 slots, run one chunk (STREAM_CHUNK steps of every busy row, one compiled call) in a worker thread so the
 event loop keeps serving meanwhile, then hand each row the text it wrote. A row that ended is answered at
 once and its slot takes the next waiting row before the next chunk, so a short post never waits for a long
@@ -30,8 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
+from service.engine import Engine
 from service.fairness import TooManyRequests
-from tweetbot.runtime.sample import Engine, SampleRequest
+from tweetbot.runtime.sample import SampleRequest
 
 
 class QueueFull(Exception):

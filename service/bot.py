@@ -23,11 +23,12 @@ from collections.abc import AsyncIterator
 import jax
 
 from service.batching import ContinuousBatcher
+from service.engine import Engine
 from service.fairness import RateLimiter, held_refusals
 from service.observability import IN_FLIGHT, MODEL, observe_batch
 from service.settings import Settings
 from tweetbot.runtime import bundle
-from tweetbot.runtime.sample import BATCH_BUCKETS, MAX_SEED, Engine, Sampler, SampleRequest, bucket, check
+from tweetbot.runtime.sample import BATCH_BUCKETS, MAX_SEED, Sampler, SampleRequest, bucket, check
 from tweetbot.runtime.vocab import RENDERED, render
 
 log = logging.getLogger("tweetbot.service")

@@ -19,6 +19,7 @@ from litestar.testing import TestClient
 
 from service.app import create_app
 from service.batching import ContinuousBatcher, QueueFull
+from service.engine import Engine
 from service.fairness import TooManyRequests
 from service.observability import JsonFormatter
 from service.settings import Settings
@@ -27,7 +28,7 @@ from tweetbot.runtime import bundle
 from tweetbot.runtime.bundle import BundleError
 from tweetbot.runtime.errors import UserError
 from tweetbot.runtime.model import CharRNN
-from tweetbot.runtime.sample import Engine, Sampler, SampleRequest
+from tweetbot.runtime.sample import Sampler, SampleRequest
 from tweetbot.runtime.vocab import LINK, MENTION, RENDERED, Vocab
 
 READY_TIMEOUT_S = 600  # a cold JAX compilation cache on a busy machine; warm, it takes seconds

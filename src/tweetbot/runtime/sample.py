@@ -1,36 +1,11 @@
-"""The compiled, batched sampler: many requests, each with its own settings, generated in one compiled loop.
+"""The compiled, batched sampler: many requests, each with its own settings, generated in one compiled program.
 
-    sampler = Sampler(model, variables, vocab)
-    sampler.warmup()                                    # compile each batch size (a server: before ready)
-    texts = sampler.generate([SampleRequest(prime="Hello", temperature=0.8, seed=1), SampleRequest()])
-    for deltas in sampler.stream(requests):             # the same texts, a chunk of steps at a time
-        ...                                             # deltas[i]: what request i wrote since the last chunk
-    engine = Engine(sampler, slots=32)                  # continuous batching (a server): rows join and leave
-    engine.add(request, owner)                          # between chunks, each keeps its own text
-    for owner, delta, ended in engine.advance(): ...
-
-How a row is generated. The model reads the sequence `EOS, prime..., sample...`: a post starts after an
-end-of-post symbol, as in training, where posts follow each other with EOS between them. Step `t` feeds the
-row's token `t` and yields token `t + 1`: while `t < len(prime)` that is the next prime character (teacher
-forcing), after that it is a sample. A row stops at EOS or after `max_length` samples and then emits only EOS.
-Every row counts its own steps, so rows with different primes and lengths, started at different times, share
-one batch.
-
-Sampling a step: the unknown-character symbol (UNK) is never drawn. A temperature below `GREEDY_BELOW` is
-greedy (argmax); otherwise the logits are divided by the temperature, cut to the `top_k` most likely tokens
-(0: all) and then to the smallest set whose probability reaches `top_p` (1.0: all), and a token is drawn by
-inverse CDF from one uniform number, which for row r at its step t comes from `fold_in(key(seed_r), t)`: a
-text depends only on its own request, never on its batch-mates or on when it joined them, so a request gives
-the same text alone or batched, one-shot, streamed or in the engine.
-
-Compiled shapes depend only on the batch size, padded to a power of two (`BATCH_BUCKETS`), so there are two
-programs per batch size, compiled once (`warmup`). The chunk program advances every row `STREAM_CHUNK` steps
-(a `lax.scan`). The one-shot program (`generate`) repeats it in a `lax.while_loop` until the longest row's
-`prime + max_length` steps are done or every row has ended, so a batch of short posts stops early and no
-length needs a program of its own. `stream` and the `Engine` call the chunk program from the host: the engine
-keeps every row's state (recurrent carry, current token, step, settings) in slots, runs the busy slots in the
-smallest bucket that holds them, hands back the rows that ended and takes new rows between chunks, so a short
-post never waits for a long one (continuous batching, as LLM servers do).
+A row reads `EOS, prime..., sample...`, as training reads posts (each after an EOS), and counts its own steps: at
+its step t it draws from the uniform number `fold_in(key(seed), t)`. So a text depends only on its request, never
+on its batch-mates or on when it joined them: alone, batched, streamed or in the service's slots, it is the same.
+Compiled shapes depend only on the batch size, padded to a power of two, so each size compiles once (`warmup`):
+the chunk program advances every row STREAM_CHUNK steps, and the one-shot program repeats it until every row has
+ended, so a batch of short posts stops early and no length needs a program of its own.
 """
 
 from __future__ import annotations
@@ -107,7 +82,7 @@ def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.
 
 
 @dataclass(frozen=True)
-class _Rows:
+class Rows:
     """Each row's settings [B] and its prime [B, PRIME_BUCKET] (ids from column 0; the rest is never read)."""
 
     prime: jax.Array
@@ -120,7 +95,7 @@ class _Rows:
 
 
 @dataclass(frozen=True)
-class _State:
+class State:
     """Where each row is: the recurrent carry, the token it feeds next, its step `t` and whether it ended."""
 
     carry: tuple
@@ -130,11 +105,11 @@ class _State:
 
 
 jax.tree_util.register_dataclass(
-    _Rows,
+    Rows,
     data_fields=["prime", "prime_len", "max_length", "temperature", "top_k", "top_p", "seed"],
     meta_fields=[],
 )
-jax.tree_util.register_dataclass(_State, data_fields=["carry", "token", "t", "finished"], meta_fields=[])
+jax.tree_util.register_dataclass(State, data_fields=["carry", "token", "t", "finished"], meta_fields=[])
 
 
 def uniforms(seed: jax.Array, steps: jax.Array) -> jax.Array:
@@ -149,8 +124,9 @@ def uniforms(seed: jax.Array, steps: jax.Array) -> jax.Array:
     return jax.vmap(jax.vmap(one, in_axes=(None, 0)))(seed, steps)
 
 
-def draw(logits: jax.Array, uniform: jax.Array, rows: _Rows) -> jax.Array:
-    """Each row's next token from its logits [B, V] and its uniform number [B] (see the module doc).
+def draw(logits: jax.Array, uniform: jax.Array, rows: Rows) -> jax.Array:
+    """Each row's next token from its logits [B, V] and its uniform number [B]: the likeliest below GREEDY_BELOW,
+    else the logits over the temperature, cut to `top_k` then `top_p`, and a token drawn by inverse CDF.
 
     Written for XLA on a CPU, where a sampling step would otherwise cost as much as the model's: argmax is a
     max and a min (not a slow variadic reduce), the cumulative sum a matmul with a triangle of ones, and the
@@ -178,7 +154,11 @@ def first_max(x: jax.Array) -> jax.Array:
 
 
 class Sampler:
-    """Generates text for batches of `SampleRequest`s with a model and its variables (see the module doc)."""
+    """Generates text for batches of `SampleRequest`s with a model and its variables.
+
+    `generate` and `stream` answer requests; `start_state`, `rows`, `advance` and `written` are the chunk program
+    one call at a time, for a caller that keeps rows of its own (the service's slots, service/engine.py).
+    """
 
     def __init__(self, model, variables, vocab: Vocab):
         if model.vocab_size != len(vocab):
@@ -195,11 +175,11 @@ class Sampler:
 
     # --- the compiled parts -------------------------------------------------------------------------------
 
-    def _run_chunk(self, variables, state: _State, rows: _Rows):
+    def _run_chunk(self, variables, state: State, rows: Rows):
         """Advance every row STREAM_CHUNK steps from its own step; return the new state and the tokens [B, C]."""
         steps = state.t[:, None] + jnp.arange(STREAM_CHUNK, dtype=jnp.int32)
 
-        def step(state: _State, uniform):
+        def step(state: State, uniform):
             logits, carry = self.model.apply(variables, state.token[:, None], state.carry, train=False)
             sampled = draw(logits[:, 0], uniform, rows)
             in_prime = state.t < rows.prime_len
@@ -208,12 +188,12 @@ class Sampler:
             token = jnp.where(state.finished | drew_eos, EOS, jnp.where(in_prime, prime_next[:, 0], sampled))
             wrote_the_last = state.t - rows.prime_len + 1 >= rows.max_length  # so it ends now, not a step later
             finished = state.finished | drew_eos | wrote_the_last
-            return _State(carry, token, state.t + 1, finished), token
+            return State(carry, token, state.t + 1, finished), token
 
         state, tokens = jax.lax.scan(step, state, uniforms(rows.seed, steps).T)
         return state, tokens.T
 
-    def _generate_batch(self, variables, start: _State, rows: _Rows):
+    def _generate_batch(self, variables, start: State, rows: Rows):
         """Run chunks until every row has finished; return the tokens [B, MAX_STEPS] (EOS after the end)."""
 
         def unfinished(loop):
@@ -231,20 +211,20 @@ class Sampler:
 
     # --- the host side ------------------------------------------------------------------------------------
 
-    def start_state(self, batch_size: int) -> _State:
+    def start_state(self, batch_size: int) -> State:
         """Rows about to start: zero carry, first input EOS, step 0 (host arrays, so slots can be set)."""
         carry = jax.tree.map(lambda row: np.zeros((batch_size, *row.shape[1:]), row.dtype), self._carry_row)
         tokens, steps = np.full(batch_size, EOS, np.int32), np.zeros(batch_size, np.int32)
-        return _State(carry, tokens, steps, np.zeros(batch_size, bool))
+        return State(carry, tokens, steps, np.zeros(batch_size, bool))
 
-    def rows(self, requests: Sequence[SampleRequest], size: int | None = None) -> _Rows:
+    def rows(self, requests: Sequence[SampleRequest], size: int | None = None) -> Rows:
         """The settings of `requests` as host arrays, padded to `size` rows (default: their batch bucket)."""
         size = size or bucket(len(requests), BATCH_BUCKETS)
         padded = list(requests) + [SampleRequest(max_length=1)] * (size - len(requests))
         prime = np.full((size, PRIME_BUCKET), EOS, np.int32)
         for row, request in enumerate(padded):
             prime[row, : len(request.prime)] = self.vocab.encode(request.prime)
-        return _Rows(
+        return Rows(
             prime=prime,
             prime_len=np.array([len(r.prime) for r in padded], np.int32),
             max_length=np.array([r.max_length for r in padded], np.int32),
@@ -254,10 +234,15 @@ class Sampler:
             seed=np.array([r.seed for r in padded], np.uint32),
         )
 
-    def advance(self, state: _State, rows: _Rows) -> tuple[_State, np.ndarray]:
+    def advance(self, state: State, rows: Rows) -> tuple[State, np.ndarray]:
         """One call of the chunk program: every row STREAM_CHUNK steps on; the new state and tokens [B, C]."""
         state, tokens = self._chunk(self.variables, state, rows)
         return jax.tree.map(np.asarray, state), np.asarray(tokens)
+
+    def written(self, state: State, rows: Rows, tokens: np.ndarray) -> list[str]:
+        """The text each row wrote in the chunk `advance` just ran: what came after its prime, up to its end."""
+        prime_left = np.maximum(rows.prime_len - (state.t - STREAM_CHUNK), 0)  # the chunk's prime steps
+        return [self.vocab.decode(tokens[row, skip:]) for row, skip in enumerate(prime_left)]
 
     def generate(self, requests: Sequence[SampleRequest]) -> list[str]:
         """The text of each request (without its prime), in order; more than 64 run as several batches."""
@@ -278,82 +263,19 @@ class Sampler:
         """
         if len(requests) > BATCH_BUCKETS[-1]:
             raise UserError(f"stream at most {BATCH_BUCKETS[-1]} requests at once, not {len(requests)}")
-        engine = Engine(self, slots=max(len(requests), 1))
-        for index, request in enumerate(requests):
-            engine.add(request, owner=index)
-        while engine.busy:
-            deltas = [""] * len(requests)
-            for index, delta, _ in engine.advance():
-                deltas[index] = delta
-            yield deltas
+        for request in requests:
+            check(request, self.vocab)
+        rows = self.rows(requests)
+        state = self.start_state(len(rows.seed))
+        while not state.finished[: len(requests)].all():
+            state, tokens = self.advance(state, rows)
+            yield self.written(state, rows, tokens)[: len(requests)]
 
     def warmup(self, batch_sizes: Sequence[int] = BATCH_BUCKETS, *, one_shot: bool = True) -> None:
-        """Compile, without running them, the chunk program (`stream`, `Engine`) of each batch size and, with
+        """Compile, without running them, the chunk program (`stream`, `advance`) of each batch size and, with
         `one_shot`, the one-shot program (`generate`), so no request waits for a compiler."""
         for size in batch_sizes:
             state, rows = self.start_state(size), self.rows([], size)
             self._chunk.lower(self.variables, state, rows).compile()
             if one_shot:
                 self._generate.lower(self.variables, state, rows).compile()
-
-
-class Engine:
-    """Continuous batching over a sampler's chunk program: up to `slots` rows in flight, joining and leaving
-    between chunks (see the module doc).
-
-    Every slot holds a row's state and settings in host arrays. `advance` gathers the busy slots into the
-    smallest batch bucket that holds them (padded with copies of busy rows, whose results are dropped), runs
-    one chunk and writes the new state back; a row that ended frees its slot at once. The caller owns the
-    engine from one thread: nothing here is locked.
-    """
-
-    def __init__(self, sampler: Sampler, slots: int):
-        if not 1 <= slots <= BATCH_BUCKETS[-1]:
-            raise UserError(f"an engine has 1 to {BATCH_BUCKETS[-1]} slots, not {slots}")
-        self.sampler = sampler
-        self.owners: list[object | None] = [None] * slots  # who each row belongs to; None: the slot is free
-        self._state = sampler.start_state(slots)
-        self._rows = sampler.rows([], slots)
-        self._start = sampler.start_state(1)  # what a row's state is when it joins
-
-    @property
-    def busy(self) -> int:
-        return sum(owner is not None for owner in self.owners)
-
-    @property
-    def free(self) -> int:
-        return len(self.owners) - self.busy
-
-    def add(self, request: SampleRequest, owner: object) -> None:
-        """Start `request` in a free slot at its step 0; `advance` reports its text under `owner`."""
-        check(request, self.sampler.vocab)
-        if owner is None or not self.free:
-            raise ValueError("add a row only with an owner and while a slot is free")
-        slot = self.owners.index(None)
-        self.owners[slot] = owner
-        joining = (self._start, self.sampler.rows([request], 1))
-        for stored, new in zip(jax.tree.leaves((self._state, self._rows)), jax.tree.leaves(joining), strict=True):
-            stored[slot] = new[0]
-
-    def drop(self, owner: object) -> None:
-        """Free the slot of `owner`'s row (a client that left needs no more text)."""
-        self.owners[self.owners.index(owner)] = None
-
-    def advance(self) -> list[tuple[object, str, bool]]:
-        """Every busy row STREAM_CHUNK steps on: (owner, the text it wrote, whether it ended) per row."""
-        busy = [slot for slot, owner in enumerate(self.owners) if owner is not None]
-        if not busy:
-            return []
-        gather = np.resize(busy, bucket(len(busy), BATCH_BUCKETS))  # busy rows, repeated to fill the bucket
-        state, rows = jax.tree.map(lambda stored: stored[gather], (self._state, self._rows))
-        state, tokens = self.sampler.advance(state, rows)
-        for stored, new in zip(jax.tree.leaves(self._state), jax.tree.leaves(state), strict=True):
-            stored[busy] = new[: len(busy)]
-        written = []
-        for row, slot in enumerate(busy):
-            first = int(state.t[row]) - STREAM_CHUNK  # the row's step at the start of this chunk
-            text = self.sampler.vocab.decode(tokens[row, max(int(rows.prime_len[row]) - first, 0) :])
-            written.append((self.owners[slot], text, bool(state.finished[row])))
-            if state.finished[row]:
-                self.owners[slot] = None
-        return written
