@@ -97,6 +97,10 @@ def test_checkpoints_rebuild_the_model_that_scored_the_validation_loss(base, dat
     )
     last = checkpoint.read(out / "checkpoints" / "last.msgpack")
     assert {"opt_state", "carry"} <= set(last) and last["meta"]["step"] == 30
+    # The keys every checkpoint written so far has: a resume reads its progress back from them.
+    progress = {"step", "chars_seen", "train_seconds", "best_val_loss", "train_loss", "val_loss", "val_bpc"}
+    identity = {"format", "model", "train_params", "vocab_size", "data_hash"}
+    assert set(last["meta"]) == set(meta) == identity | progress | {"chars_per_second"}
 
 
 def test_same_data_params_and_seed_give_the_same_losses(tmp_path, base, data):

@@ -7,9 +7,9 @@ The training stage keeps two under `models/checkpoints/`:
 
 A file holds `{"meta": <JSON text>, "params": ..., ["opt_state": ..., "carry": ...]}`. `meta` has everything
 needed to rebuild the model without params.yaml: `model` (the CharRNN fields), `train_params` (the whole
-`train:` section), `vocab_size`, `step`, `val_loss`, `val_bpc`, `train_loss`, `best_val_loss`, `chars_seen`,
-`train_seconds`; a fine-tune's start may also hold `vocab`, its characters in id order (see `remapped`). Read one
-with `load_checkpoint(path)`.
+`train:` section), `vocab_size`, `data_hash`, and the run's progress (tweetbot.train.Progress: `step`, `val_loss`,
+`val_bpc`, `train_loss`, `best_val_loss`, `chars_seen`, `train_seconds`, `chars_per_second`); a fine-tune's start
+may also hold `vocab`, its characters in id order (see `remapped`). Read one with `load_checkpoint(path)`.
 """
 
 from __future__ import annotations

@@ -46,6 +46,38 @@ class NonFiniteLoss(UserError):
     """The loss became NaN or infinite: the run stops instead of saving garbage."""
 
 
+@dataclasses.dataclass
+class Progress:
+    """How far a run got: its counters, its latest evaluation and its speed. A checkpoint's meta holds them beside
+    the run's identity (model, params, data), and a resume starts from those of `last.msgpack`."""
+
+    step: int = 0
+    chars_seen: int = 0
+    train_seconds: float = 0.0
+    best_val_loss: float = math.inf
+    train_loss: float | None = None  # the latest evaluation's: the mean over the steps since the one before
+    val_loss: float | None = None
+    val_bpc: float | None = None
+    chars_per_second: float | None = None  # over the latest interval
+
+    @classmethod
+    def of(cls, meta: dict) -> Progress:
+        return cls(**{field.name: meta[field.name] for field in dataclasses.fields(cls) if field.name in meta})
+
+    def trained(self, steps: int, chars: int, seconds: float) -> None:
+        self.step += steps
+        self.chars_seen += chars
+        self.train_seconds += seconds
+        self.chars_per_second = chars / seconds
+
+    def evaluated(self, train_loss: float, val_loss: float) -> bool:
+        """Note an evaluation; whether it is the best so far."""
+        best = val_loss < self.best_val_loss
+        self.train_loss, self.val_loss, self.val_bpc = train_loss, val_loss, val_loss / LN2
+        self.best_val_loss = min(val_loss, self.best_val_loss)
+        return best
+
+
 def build_model(params: TrainParams, vocab_size: int) -> CharRNN:
     return CharRNN(
         vocab_size=vocab_size,
@@ -148,17 +180,17 @@ def run(params: TrainParams, data_dir: Path, checkpoint_dir: Path, live_dir: Pat
     if params.init_from:
         state = state.replace(params=_fine_tune_start(Path(params.init_from), state.params, vocab))
     carry = model.initial_carry(params.batch_size)
-    meta = {"step": 0, "best_val_loss": math.inf, "chars_seen": 0, "train_seconds": 0.0}
-    meta.update(model=_fields(model), train_params=dataclasses.asdict(params), vocab_size=vocab_size)
-    meta["data_hash"] = _fingerprint(data_dir)
+    run_identity = {"model": _fields(model), "train_params": dataclasses.asdict(params), "vocab_size": vocab_size}
+    run_identity["data_hash"] = _fingerprint(data_dir)
+    progress = Progress()
 
     last_path = checkpoint_dir / checkpoint.LAST
     for name in (checkpoint.BEST, checkpoint.LAST):
         atomic.remove_leftovers(checkpoint_dir / name)  # of a write killed before its rename
-    resumed = _resumable(last_path, meta)
+    resumed = _resumable(last_path, run_identity)
     if resumed:
-        state, carry = _resume(resumed, state, carry, meta)
-        print(f"resuming from {last_path} at step {meta['step']}", flush=True)
+        state, carry, progress = _resume(resumed, state, carry)
+        print(f"resuming from {last_path} at step {progress.step}", flush=True)
     else:  # checkpoints of another run must not pass for this one's
         for name in (checkpoint.BEST, checkpoint.LAST):
             (checkpoint_dir / name).unlink(missing_ok=True)
@@ -167,94 +199,89 @@ def run(params: TrainParams, data_dir: Path, checkpoint_dir: Path, live_dir: Pat
     train_step = make_train_step(model, params.seed).lower(state, carry, *lanes.window(0)).compile()
     evaluate = make_evaluate(model).lower(state.params, *val).compile()
 
+    def train_window(state, carry, step: int):
+        k = step % lanes.windows_per_epoch
+        if k == 0:
+            carry = model.initial_carry(lanes.lanes)  # a new epoch starts from a clean state
+        return train_step(state, carry, *lanes.window(k))
+
     # In a log file rather than a terminal (CI, `make demo > log`), a line every few seconds is enough.
     refresh_s = 0.1 if sys.stderr.isatty() else 5.0
     bar = tqdm(
         total=params.max_steps,
-        initial=meta["step"],
+        initial=progress.step,
         desc="train",
         unit="step",
         dynamic_ncols=True,
         mininterval=refresh_s,
     )
     if resumed:
-        _rewind_live_dir(live_dir, meta["step"])
+        _rewind_live_dir(live_dir, progress.step)
     with Live(str(live_dir), resume=bool(resumed), dvcyaml=None, save_dvc_exp=False) as live, bar:
         if resumed:
-            _log(live, meta)  # the step resumed from, logged again from its checkpoint
-        while meta["step"] < params.max_steps and not _out_of_time(params, meta["train_seconds"]):
-            state, carry, train_loss = _train_interval(params, model, lanes, train_step, state, carry, meta, bar)
+            _log(live, progress)  # the step resumed from, logged again from its checkpoint
+        while progress.step < params.max_steps and not _out_of_time(params, progress.train_seconds):
+            state, carry, losses, seconds = _train_interval(params, train_window, state, carry, progress, bar)
+            progress.trained(len(losses), len(losses) * lanes.chars_per_window, seconds)
+            train_loss = float(jnp.mean(jnp.stack(losses)))
             val_loss = float(evaluate(state.params, *val))
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                 bad = val_loss if math.isfinite(train_loss) else train_loss
                 raise NonFiniteLoss(
-                    f"the loss became {bad} by step {meta['step']}: lower learning_rate or grad_clip "
+                    f"the loss became {bad} by step {progress.step}: lower learning_rate or grad_clip "
                     "(the checkpoints keep the last finite state)"
                 )
-            best = val_loss < meta["best_val_loss"]
-            meta.update(train_loss=train_loss, val_loss=val_loss, val_bpc=val_loss / LN2)
-            meta["best_val_loss"] = min(val_loss, meta["best_val_loss"])
+            best = progress.evaluated(train_loss, val_loss)
+            meta = run_identity | dataclasses.asdict(progress)
             if best:
                 checkpoint.save(checkpoint_dir / checkpoint.BEST, meta, state.params)
             checkpoint.save(last_path, meta, state.params, state.opt_state, carry)  # the commit (module doc)
-            _log(live, meta)
-            bar.total = _expected_last_step(params, meta, lanes.chars_per_window)
+            _log(live, progress)
+            bar.total = _expected_last_step(params, progress, lanes.chars_per_window)
             bar.set_postfix(
                 train_loss=f"{train_loss:.3f}",
                 val_loss=f"{val_loss:.3f}",
-                chars_s=f"{meta['chars_per_second']:,.0f}",
+                chars_s=f"{progress.chars_per_second:,.0f}",
             )
-    return {k: meta[k] for k in SUMMARY if k in meta}
+    return {k: v for k in SUMMARY if (v := getattr(progress, k)) is not None}
 
 
 SUMMARY = ("step", "train_loss", "val_loss", "val_bpc", "best_val_loss", "train_seconds")
 
 
-def _train_interval(params, model, lanes, train_step, state, carry, meta, bar):
-    """Train up to the next evaluation (every eval_every steps, at max_steps, or when time runs out).
-
-    Returns the state, the carry and the mean training loss of the interval; accounts steps, characters
-    and time in `meta`."""
+def _train_interval(params: TrainParams, train_window, state: TrainState, carry, progress: Progress, bar):
+    """Train from `progress` up to the next evaluation (every eval_every steps, at max_steps, or when time runs
+    out); returns the state, the carry, the loss of each step and the seconds it took."""
     start, losses = time.perf_counter(), []
     while True:
-        k = meta["step"] % lanes.windows_per_epoch
-        if k == 0:
-            carry = model.initial_carry(lanes.lanes)  # a new epoch starts from a clean state
-        state, carry, loss = train_step(state, carry, *lanes.window(k))
+        state, carry, loss = train_window(state, carry, progress.step + len(losses))
         losses.append(loss.block_until_ready())  # so the bar and the time budget see real progress
-        meta["step"] += 1
         bar.update(1)
-        step = meta["step"]
+        step = progress.step + len(losses)
         if (
             step % params.eval_every == 0
             or step >= params.max_steps
-            or _out_of_time(params, meta["train_seconds"] + time.perf_counter() - start)
+            or _out_of_time(params, progress.train_seconds + time.perf_counter() - start)
         ):
-            break
-    train_loss = float(jnp.mean(jnp.stack(losses)))  # waits for the last step
-    elapsed = time.perf_counter() - start
-    meta["train_seconds"] += elapsed
-    meta["chars_seen"] += len(losses) * lanes.chars_per_window
-    meta["chars_per_second"] = len(losses) * lanes.chars_per_window / elapsed
-    return state, carry, train_loss
+            return state, carry, losses, time.perf_counter() - start
 
 
-def _log(live, meta: dict) -> None:
-    live.step = meta["step"]
+def _log(live, progress: Progress) -> None:
+    live.step = progress.step
     for name in ("train_loss", "val_loss", "val_bpc"):
-        live.log_metric(name, meta[name])
-    live.log_metric("steps", meta["step"], plot=False)
-    live.log_metric("chars_per_second", round(meta["chars_per_second"]), plot=False)
+        live.log_metric(name, getattr(progress, name))
+    live.log_metric("steps", progress.step, plot=False)
+    live.log_metric("chars_per_second", round(progress.chars_per_second), plot=False)
     live.next_step()
 
 
-def _expected_last_step(params: TrainParams, meta: dict, chars_per_step: int) -> int:
+def _expected_last_step(params: TrainParams, progress: Progress, chars_per_step: int) -> int:
     """The step training will stop at: max_steps, or sooner if the time budget runs out first at this speed."""
     if params.time_budget_s is None:
         return params.max_steps
-    seconds_left = max(0.0, params.time_budget_s - meta["train_seconds"])
-    steps_per_second = meta["chars_per_second"] / chars_per_step
-    return min(params.max_steps, meta["step"] + int(seconds_left * steps_per_second))
+    seconds_left = max(0.0, params.time_budget_s - progress.train_seconds)
+    steps_per_second = progress.chars_per_second / chars_per_step
+    return min(params.max_steps, progress.step + int(seconds_left * steps_per_second))
 
 
 def _out_of_time(params: TrainParams, seconds: float) -> bool:
@@ -275,28 +302,28 @@ def _fingerprint(data_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def _resumable(last_path: Path, meta: dict) -> dict | None:
+def _resumable(last_path: Path, run_identity: dict) -> dict | None:
     """The `last` checkpoint's record if it continues this very run (same params and data), else None."""
     if not last_path.is_file():
         return None
     saved = checkpoint.read(last_path)
 
-    def run_identity(meta):
+    def same_run(meta):
         params = {k: v for k, v in meta["train_params"].items() if k not in STOPPING_RULES}
         return params, meta.get("data_hash")
 
-    return saved if run_identity(saved["meta"]) == run_identity(meta) else None
+    return saved if same_run(saved["meta"]) == same_run(run_identity) else None
 
 
-def _resume(record: dict, state: TrainState, carry, meta: dict):
-    """The state and carry of `record`; its counters and metrics go into `meta`."""
-    meta.update({k: v for k, v in record["meta"].items() if k not in ("train_params", "format")})
+def _resume(record: dict, state: TrainState, carry) -> tuple[TrainState, object, Progress]:
+    """The state, carry and progress of `record`."""
+    progress = Progress.of(record["meta"])
     state = state.replace(
-        step=jnp.asarray(meta["step"], jnp.int32),
+        step=jnp.asarray(progress.step, jnp.int32),
         params=checkpoint.restore(state.params, record["params"]),
         opt_state=checkpoint.restore(state.opt_state, record["opt_state"]),
     )
-    return state, checkpoint.restore(carry, record["carry"])
+    return state, checkpoint.restore(carry, record["carry"]), progress
 
 
 def _fine_tune_start(path: Path, fresh_params, vocab: Vocab):
