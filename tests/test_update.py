@@ -22,8 +22,9 @@ from tests.aws import moto_server
 from tests.conftest import REPO
 from tests.pipeline import UP_TO_DATE, dvc, make_project, run
 from tests.test_fetch_x_api import FakeX
-from tweetbot import history, params, workspace
+from tweetbot import fetch, history, params, workspace
 from tweetbot import update as updating
+from tweetbot.posts import newest_ids, read_posts
 from tweetbot.rollback import rollback
 from tweetbot.runtime.errors import UserError
 
@@ -248,3 +249,31 @@ def test_update_promotes_only_a_better_model_and_rolls_back(project, tmp_path, m
     lines = table.splitlines()
     assert [line.split()[1] for line in lines[1:]] == ["promoted", "promoted", "not_promoted", "rollback"]
     assert lines[1].startswith("1*")
+
+
+def test_new_posts_are_counted_in_each_origins_own_id_order(tmp_path, monkeypatch, capsys):
+    """Ids are in time order only within their origin (issue 17): an account added since the last update brings
+    new posts however old they are, and numbers them as it likes (1, 2, 3..., as the first file does)."""
+    root = make_project(tmp_path / "project")
+    monkeypatch.chdir(root)
+
+    def posts_file(name: str, ids: range, year: int) -> dict:
+        times = [f"{year}-01-01T00:{i // 60:02}:{i % 60:02}Z" for i in ids]
+        posts = [{"id": str(i), "created_at": time, "text": f"post {i}"} for i, time in zip(ids, times, strict=True)]
+        (root / name).write_text("".join(json.dumps(post) + "\n" for post in posts))
+        return {"source": "file", "path": name}
+
+    def fetch_from(*sources: dict) -> None:
+        document = yaml.safe_load((root / "params.yaml").read_text())
+        document["fetch"] = {"sources": list(sources)}
+        (root / "params.yaml").write_text(yaml.safe_dump(document))
+
+    fetch_from(posts_file("first.jsonl", range(1, 4), 2026))
+    fetch.run(params.load("fetch"), workspace.RAW)
+    seen = read_posts(workspace.RAW)  # what the last update fetched, and its history line says it had seen
+    history.append({"event": "promoted", "version": 1, "newest_post_id": seen[0].id, "newest_ids": newest_ids(seen)})
+
+    set_params(root, update={"min_new_posts": 1000})
+    fetch_from(posts_file("first.jsonl", range(1, 5), 2026), posts_file("second.jsonl", range(1, 61), 2025))
+    assert run_update(root) == "nothing"
+    assert capsys.readouterr().out.startswith("nothing to do: 61 new post(s)")  # post 4 of the first, all the second's

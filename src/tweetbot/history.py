@@ -3,8 +3,9 @@
 Each line is an event: `promoted` (a new version went live), `not_promoted` (a fine-tune that did not beat the
 live model: recorded, never deployed) or `rollback` (an earlier version went live again). A promoted line holds
 the bundle version, the image tag, the task definition, and the DVC cache hashes of the checkpoint and
-vocabulary (what a fine-tune starts from); models/versions/N.json holds what a rollback puts back. The file is rewritten
-atomically on every append, so a kill leaves either the old file or the new one.
+vocabulary (what a fine-tune starts from); models/versions/N.json holds what a rollback puts back. Every line
+holds the newest post of each id space then (`seen`), which the next update counts new posts from. The file is
+rewritten atomically on every append, so a kill leaves either the old file or the new one.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ def version(rows: list[dict], number: int) -> dict:
             return row
     known = ", ".join(str(row["version"]) for row in rows if row["event"] == "promoted") or "none yet"
     raise UserError(f"no version {number} in {HISTORY} (versions: {known}): see `tweetbot history`")
+
+
+def seen(row: dict) -> dict[str, str]:
+    """The newest post id of each id space (tweetbot.posts.newest_ids) when line `row` was written: an update counts
+    its new posts from the last line's. A line written before ids had spaces names only its newest post, an X one."""
+    return row.get("newest_ids") or {"x": row["newest_post_id"]}
 
 
 def now() -> str:

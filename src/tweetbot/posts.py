@@ -108,6 +108,22 @@ def identity(post: Post) -> tuple[str, str]:
     return ("x" if post.source in X_SOURCES else post.origin or post.source), post.id
 
 
+def newest_ids(posts: Iterable[Post]) -> dict[str, str]:
+    """The newest id of each id space (`identity`) among `posts`."""
+    newest: dict[str, str] = {}
+    for post in posts:
+        if newer_than(post, newest):
+            space, newest[space] = identity(post)
+    return newest
+
+
+def newer_than(post: Post, newest: dict[str, str]) -> bool:
+    """Whether `post` is newer than the posts `newest` (`newest_ids`) was taken from: in an id space they did not
+    have, or after its newest id there (ids are in time order within a space, never across spaces)."""
+    space, post_id = identity(post)
+    return space not in newest or id_order(post_id) > id_order(newest[space])
+
+
 def normalise_time(value: object) -> str:
     """A timestamp as ISO 8601 UTC to the second; a time without a zone is taken as UTC."""
     if isinstance(value, datetime):

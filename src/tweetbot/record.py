@@ -19,7 +19,7 @@ from tweetbot import atomic, params
 from tweetbot.dvc_cli import dvc
 from tweetbot.runtime.errors import UserError
 
-EXPERIMENT = Path("dvc.yaml")  # fetch, preprocess, train, export: what `dvc repro` and `dvc exp run` run
+EXPERIMENT = Path("dvc.yaml")  # fetch, preprocess, train, export, evaluate: what `dvc repro` and `dvc exp run` run
 DELIVERY = Path("deploy/dvc.yaml")  # image, deploy: what `make deploy` runs
 PIPELINES = (EXPERIMENT, DELIVERY)
 LOCK = EXPERIMENT.with_suffix(".lock")

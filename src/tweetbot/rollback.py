@@ -27,7 +27,7 @@ def rollback(number: int, say=print) -> dict | None:
         raise
     image, deployed = (json.loads(path.read_text()) for path in (IMAGE_RECORD, DEPLOY_RECORD))
     row = {"event": "rollback", "version": number, "time": history.now(), **history.deployment(image, deployed)}
-    row |= {"newest_post_id": rows[-1]["newest_post_id"], "new_posts": 0}
+    row |= {"newest_post_id": rows[-1]["newest_post_id"], "newest_ids": history.seen(rows[-1]), "new_posts": 0}
     history.append(row)
     say(f"version {number} is live again ({history.revision(deployed['task_definition'])})")
     return row

@@ -17,7 +17,7 @@ from pathlib import Path
 from tweetbot import checkpoint, corpus, history, params, record, train
 from tweetbot.dvc_cli import cached, dvc, experiment_files, run_experiment
 from tweetbot.params import UpdateParams
-from tweetbot.posts import Post, read_posts
+from tweetbot.posts import Post, newer_than, newest_ids, read_posts
 from tweetbot.runtime.vocab import Vocab
 from tweetbot.workspace import BEST, DEPLOY_RECORD, IMAGE_RECORD, RAW, VOCAB
 
@@ -33,7 +33,7 @@ def update(p: UpdateParams, say=print) -> str:
     rows, before = history.read(), record_before_update()
     fetch.run(params.load("fetch"), RAW)  # as the fetch stage runs it: incremental (since_id), merged by id
     posts = read_posts(RAW)  # newest first
-    new_posts = _position(posts, rows[-1]["newest_post_id"]) if rows else len(posts)
+    new_posts = sum(newer_than(post, history.seen(rows[-1])) for post in posts) if rows else len(posts)
     if rows and new_posts < p.min_new_posts:
         record.restore(before)  # the posts on disk go back to those dvc.lock names
         BEFORE.unlink()
@@ -41,6 +41,7 @@ def update(p: UpdateParams, say=print) -> str:
         return "nothing"
     dvc("commit", "--force", "fetch")
     row = {"time": history.now(), "newest_post_id": posts[0].id, "new_posts": new_posts}
+    row["newest_ids"] = newest_ids(posts)  # what the next update counts its new posts from
 
     live = history.live(rows)
     if live is None:
@@ -51,7 +52,7 @@ def update(p: UpdateParams, say=print) -> str:
 
     live_model = cached(live["checkpoint_md5"]), Vocab.load(cached(live["vocab_md5"]))
     fine_tune(*live_model, p.fine_tune_steps)
-    old_val = old_validation_posts(posts[_position(posts, live["newest_post_id"]) :])
+    old_val = old_validation_posts([post for post in posts if not newer_than(post, history.seen(live))])
     with experiment_files(EXPERIMENT, BEST, VOCAB) as (new_checkpoint, new_vocab):
         row["val_loss"] = _score(new_checkpoint, Vocab.load(new_vocab), old_val)
     row["live_val_loss"] = _score(*live_model, old_val)
@@ -90,12 +91,6 @@ def old_validation_posts(old: list[Post]) -> list[str]:
     p = params.load("preprocess")
     texts, _ = corpus.clean_posts(old, p)
     return list(corpus.split(texts, p.seed, p.val_fraction)[1].values())
-
-
-def _position(posts: list[Post], post_id: str) -> int:
-    """Where post `post_id` is in `posts`, newest first: those before it are newer (all of them, if it is gone)."""
-    ids = [post.id for post in posts]
-    return ids.index(post_id) if post_id in ids else len(posts)
 
 
 def _score(checkpoint_path: Path, vocab: Vocab, texts: list[str]) -> float:
