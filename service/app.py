@@ -81,9 +81,18 @@ ClientAddress = NamedDependency[str]  # injected by `client_of`
 # msgspec rejects unknown fields; Litestar does not say so in the schema by itself.
 StrictJSONBody = Body(schema_extra={"additionalProperties": False})
 # What a generating route may answer instead of text (both with Retry-After).
+# No generated examples: Litestar makes them with polyfactory, which the image leaves out (Dockerfile).
 REFUSALS = {
-    429: ResponseSpec(Problem, description="the client asked for more than its share: retry after Retry-After"),
-    503: ResponseSpec(Problem, description="not ready yet, at capacity or shutting down: retry after Retry-After"),
+    429: ResponseSpec(
+        Problem,
+        generate_examples=False,
+        description="the client asked for more than its share: retry after Retry-After",
+    ),
+    503: ResponseSpec(
+        Problem,
+        generate_examples=False,
+        description="not ready yet, at capacity or shutting down: retry after Retry-After",
+    ),
 }
 
 
@@ -211,6 +220,7 @@ async def generate(
     responses={
         200: ResponseSpec(
             StreamEvent,
+            generate_examples=False,
             media_type="text/event-stream",
             description='events of {"text": the next characters}, then a `done` event',
         ),
