@@ -60,8 +60,8 @@ bench-quality: install  ## Tiny Shakespeare val loss after 180 s of training (ab
 bench-lr: install  ## the demo default's val loss by learning rate and seed (about 10 minutes)
 	$(BIN)/python -m benchmarks.learning_rate
 
-bench-samples: install  ## the evaluate stage's figures by training lever, then by sampling setting (about 20 minutes)
-	$(BIN)/python -m benchmarks.sample_quality default "shakespeare base (2000 steps)"
+bench-samples: install  ## the evaluate stage's figures by training lever, then by sampling setting (about an hour)
+	$(BIN)/python -m benchmarks.sample_quality
 	$(BIN)/python -m benchmarks.sample_quality --sampling default
 
 bench-posts: install  ## the evaluate stage's figures by number of training posts (about 1 hour)

@@ -52,7 +52,7 @@ def measure(data: Path, posts: int | None, base: str | None, base_steps: int, p:
         folder = CACHE / f"posts-{posts}-{base or 'scratch'}"
     p = dataclasses.replace(p, init_from=None)
     if base:
-        checkpoint, base_vocab, _ = pretrained(base, base_steps, p)
+        checkpoint, base_vocab, _ = pretrained(base, dataclasses.replace(p, max_steps=base_steps, time_budget_s=None))
         save_naming_vocabulary(checkpoint, base_vocab, folder / "init.msgpack")  # training remaps it
         p = dataclasses.replace(p, init_from=str(folder / "init.msgpack"))
     metrics = train.run(p, data, folder / "checkpoints", folder / "live")

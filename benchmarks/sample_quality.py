@@ -1,26 +1,30 @@
 """Sample quality levers: the evaluate stage's figures for each way of training the demo, side by side.
 
-`python -m benchmarks.sample_quality [LEVER ...]` (`make bench-samples`; about 5 minutes a lever on a quiet
-2-core machine, several times that on a loaded one). Fetches and preprocesses the demo posts as the pipeline
-does, then for each lever trains (tweetbot.train), exports (tweetbot.export) and evaluates (tweetbot.evaluate,
-params.yaml `evaluate:`) one model, so every row is measured by the same code as `dvc exp show`'s columns.
-A lever changes params.yaml `train:` and may start from a base model pretrained on another text (BASES); a
-base is trained once and kept in benchmarks/.cache/ for the next run. Results: benchmarks/results/
-sample_quality.{json,md}. Then `--sampling LEVER` gives the figures of that lever's model at each of SETTINGS
-(temperature, top-p): benchmarks/results/sample_settings-LEVER.{json,md}.
+`python -m benchmarks.sample_quality [LEVER ...]` (`make bench-samples`; 4 to 5 minutes a lever on a 2-core
+machine at load 6, the quality preset 25). Fetches and preprocesses the demo posts as the pipeline does, then
+for each lever trains (tweetbot.train), exports (tweetbot.export) and evaluates (tweetbot.evaluate, params.yaml
+`evaluate:`) one model, so every row is measured by the same code as `dvc exp show`'s columns. A lever changes
+the demo default as it was before issue 13 (BEFORE), whose training time in the same run the levers get, or
+params.yaml `train:` as it is; it may start from a base model pretrained on another text (BASES). Models are
+kept in benchmarks/.cache/: a second run re-evaluates them. Results: benchmarks/results/sample_quality.{json,md}.
+Then `--sampling LEVER` gives the figures of that lever's model at each of SETTINGS (temperature, top-p):
+benchmarks/results/sample_settings-LEVER.{json,md}.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
 from benchmarks.__main__ import save
-from tweetbot import corpus, evaluate, export, fetch, params, train
+from tweetbot import corpus, evaluate, export, fetch, kernels, params, train
 from tweetbot.checkpoint import save_naming_vocabulary
 from tweetbot.params import TrainParams
 from tweetbot.runtime.vocab import Vocab
@@ -48,15 +52,63 @@ def fortune_posts() -> list[str]:
 
 BASES = {"shakespeare": shakespeare_posts, "fortunes": fortune_posts}
 
-# name: (base or None, base pretraining steps, changes to params.yaml train:)
+
+# The demo default before issue 13 (params.yaml `train:` then): the levers change it, and it is the reference
+# whose training time they get.
+BEFORE = {
+    "rnn_size": 128,
+    "num_layers": 2,
+    "seq_length": 64,
+    "batch_size": 64,
+    "learning_rate": 0.008,
+    "lr_decay": 0.97,
+    "lr_decay_steps": 100,
+    "output_keep_prob": 1.0,
+    "matmul_dtype": "float32",
+    "max_steps": 1000,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Lever:
+    """A way of training the demo: changes to BEFORE (or params.yaml `train:` as it is), maybe a base.
+
+    `same_time`: train for as many seconds as the reference lever (the first row that has `reference`: BEFORE
+    with the fused kernel) took in this run, whatever the steps, since the goal is a better model in no more
+    training time. `pure_jax` trains with the pure-JAX recurrence (tweetbot.kernels off): the demo default as
+    it trained when issue 13 was filed, before the fused kernel."""
+
+    changes: dict = dataclasses.field(default_factory=dict)
+    current: bool = False  # changes to params.yaml `train:` as it is (the demo default now), not to BEFORE
+    base: str | None = None  # a key of BASES
+    base_share: float = 0.0  # of the reference's seconds, spent pretraining the base; the rest fine-tunes it
+    same_time: bool = False
+    reference: bool = False
+    pure_jax: bool = False
+
+
+BF16 = {"matmul_dtype": "bfloat16"}
+# The README's quality preset: `dvc exp run -S train.rnn_size=256 ...` on top of the default.
+QUALITY = {"rnn_size": 256, "learning_rate": 0.004, "lr_decay": 0.95, "output_keep_prob": 0.8, "max_steps": 3000}
 LEVERS = {
-    "default": (None, 0, {}),
-    "shakespeare base (2000 steps)": ("shakespeare", 2000, {}),
-    "fortunes base (2000 steps)": ("fortunes", 2000, {}),
-    "default, 2000 steps": (None, 0, {"max_steps": 2000}),
-    "dropout 0.9": (None, 0, {"output_keep_prob": 0.9}),
-    "lr 0.012 x0.9 per 100 steps": (None, 0, {"learning_rate": 0.012, "lr_decay": 0.9}),
-    "default, 3000 steps": (None, 0, {"max_steps": 3000}),
+    "before (f32, 1000 steps)": Lever(reference=True),
+    "bf16 h128": Lever(BF16, same_time=True),
+    "bf16 h128 lr 0.012 x0.95": Lever(BF16 | {"learning_rate": 0.012, "lr_decay": 0.95}, same_time=True),
+    "bf16 h128 dropout 0.9": Lever(BF16 | {"output_keep_prob": 0.9}, same_time=True),
+    "bf16 h128 batch 128": Lever(BF16 | {"batch_size": 128}, same_time=True),
+    "bf16 h128 batch 32": Lever(BF16 | {"batch_size": 32}, same_time=True),
+    "bf16 h128 seq 128": Lever(BF16 | {"seq_length": 128}, same_time=True),
+    "bf16 h192": Lever(BF16 | {"rnn_size": 192}, same_time=True),
+    "bf16 h256": Lever(BF16 | {"rnn_size": 256}, same_time=True),
+    "bf16 h192 lr 0.012 x0.95": Lever(
+        BF16 | {"rnn_size": 192, "learning_rate": 0.012, "lr_decay": 0.95}, same_time=True
+    ),
+    "bf16 h128 shakespeare base (a third of the time)": Lever(
+        BF16, base="shakespeare", base_share=1 / 3, same_time=True
+    ),
+    "old default (pure JAX f32, 1000 steps)": Lever(pure_jax=True),
+    "default": Lever(current=True),
+    "quality preset": Lever(QUALITY, current=True),
 }
 
 
@@ -83,11 +135,12 @@ def prepare_base_data(name: str, folder: Path) -> Path:
     return folder
 
 
-def pretrained(name: str, steps: int, base_params: TrainParams) -> tuple[Path, Vocab, dict]:
-    """The base model of text `name` after `steps` steps (trained once, then kept in CACHE)."""
-    folder = CACHE / f"base-{name}-{steps}"
+def pretrained(name: str, p: TrainParams) -> tuple[Path, Vocab, dict]:
+    """The base model of text `name` trained with `p` (its max_steps or time_budget_s; kept in CACHE)."""
+    p = dataclasses.replace(p, init_from=None)
+    length = f"{p.time_budget_s:.0f}s" if p.time_budget_s else f"{p.max_steps}"
+    folder = CACHE / f"base-{name}-{length}-h{p.rnn_size}x{p.num_layers}-{p.matmul_dtype}"
     data = prepare_base_data(name, CACHE / f"base-{name}-data")
-    p = dataclasses.replace(base_params, max_steps=steps, init_from=None)
     metrics = train.run(p, data, folder / "checkpoints", folder / "live")
     return folder / "checkpoints" / "best.msgpack", Vocab.load(data / "vocab.json"), metrics
 
@@ -97,28 +150,43 @@ def folder_of(lever: str) -> Path:
     return CACHE / "".join(c if c.isalnum() or c in ".-" else "_" for c in lever)
 
 
-def measure(name: str, data: Path, base_params: TrainParams) -> dict:
-    base, base_steps, changes = LEVERS[name]
-    # Levers that differ only in max_steps share a folder: the longer run resumes the shorter one's.
-    folder = folder_of(name.split(",")[0] if set(changes) == {"max_steps"} else name)
+def measure(name: str, data: Path, base_params: TrainParams, seconds: float | None) -> dict:
+    """Train, export and evaluate lever `name`; `seconds`: the reference's training time, for `same_time`."""
+    lever, folder = LEVERS[name], folder_of(name)
     row: dict = {"lever": name}
-    p = dataclasses.replace(base_params, **changes, init_from=None)
-    if base:
-        checkpoint, base_vocab, base_metrics = pretrained(base, base_steps, base_params)
+    p = dataclasses.replace(base_params, **(lever.changes if lever.current else BEFORE | lever.changes), init_from=None)
+    if lever.same_time:
+        p = dataclasses.replace(p, max_steps=100_000, time_budget_s=seconds)
+    if lever.base:  # the base's time counts: the fine-tune gets what the base leaves of the reference's
+        base_budget = dataclasses.replace(p, time_budget_s=seconds * lever.base_share)
+        checkpoint, base_vocab, base_metrics = pretrained(lever.base, base_budget)
         row["base val loss"] = round(base_metrics["best_val_loss"], 3)
         row["base train s"] = round(base_metrics["train_seconds"])
+        p = dataclasses.replace(p, time_budget_s=seconds - base_metrics["train_seconds"])
         start = folder / "init.msgpack"
         save_naming_vocabulary(checkpoint, base_vocab, start)  # training remaps it to the demo's vocabulary
         p = dataclasses.replace(p, init_from=str(start))
-    metrics = train.run(p, data, folder / "checkpoints", folder / "live")
-    row |= {"steps": metrics["step"], "train s": round(metrics["train_seconds"]), "val loss": metrics["best_val_loss"]}
+    with contextlib.ExitStack() as stack:
+        if lever.pure_jax:  # the recurrence as it trained before the fused kernel
+            stack.enter_context(mock.patch.object(kernels, "available", return_value=False))
+        metrics = train.run(p, data, folder / "checkpoints", folder / "live")
+    load = folder / "load.txt"  # the load as the model trained, not as a later run re-evaluates it
+    if not load.exists():
+        load.write_text(f"{os.getloadavg()[0]:.1f}\n")
+    row |= {"steps": metrics["step"], "train s": metrics["train_seconds"], "val loss": metrics["best_val_loss"]}
     row |= evaluated(folder, data, params.load("export"))
+    row["load"] = float(load.read_text())
     print(json.dumps(row), flush=True)
     return row
 
 
 # Sampling-side choices, evaluated on one lever's exported model: (temperature, top_p).
-SETTINGS = ((0.5, 1.0), (0.6, 1.0), (0.7, 1.0), (0.8, 1.0), (0.9, 1.0), (1.0, 1.0), (0.8, 0.95), (0.8, 0.9), (1.0, 0.9))
+SETTINGS = (
+    *((t, 1.0) for t in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)),
+    *((0.8, p) for p in (0.95, 0.9, 0.85, 0.8, 0.75, 0.7)),
+    (1.0, 0.9),
+    (1.0, 0.8),
+)
 
 
 def sampling(lever: str) -> dict:
@@ -135,29 +203,43 @@ def sampling(lever: str) -> dict:
 
 
 def evaluated(folder: Path, data: Path, export_params: params.ExportParams) -> dict:
-    """Export the best checkpoint in `folder` and evaluate it; reuses the figures of an earlier run on it."""
-    best, figures = folder / "checkpoints" / "best.msgpack", folder / "evaluation" / "metrics.json"
-    if not (figures.exists() and figures.stat().st_mtime > best.stat().st_mtime):
-        export.run(export_params, best, data, folder / "export")
-        evaluate.run(params.load("evaluate"), folder / "export", data, folder / "evaluation")
-    return json.loads(figures.read_text())
+    """Export the best checkpoint in `folder` and evaluate it with params.yaml `evaluate:` (seconds), and its
+    real-word rate without the nucleus cut (top_p 1), which shows what training alone changed."""
+    e = params.load("evaluate")
+    export.run(export_params, folder / "checkpoints" / "best.msgpack", data, folder / "export")
+    figures = evaluate.run(e, folder / "export", data, folder / "evaluation")
+    uncut = evaluate.run(dataclasses.replace(e, top_p=1.0), folder / "export", data, folder / "evaluation-top_p-1")
+    return figures | {"real_words top_p 1": uncut["real_words"]}
 
 
 def main(names: list[str]) -> dict:
     base_params = params.load("train")
     data = prepare_demo(CACHE / "demo")
-    rows = [measure(name, data, base_params) for name in names or LEVERS]
+    rows, seconds = [], None
+    for name in names or LEVERS:
+        if LEVERS[name].same_time and seconds is None:
+            sys.exit(f"{name} trains as long as the reference: list a reference lever before it")
+        rows.append(measure(name, data, base_params, seconds))
+        if LEVERS[name].reference and seconds is None:
+            seconds = rows[-1]["train s"]
+    for row in rows:
+        row["train s"] = round(row["train s"])
+    changed = {key: getattr(base_params, key) for key, value in BEFORE.items() if getattr(base_params, key) != value}
     e = params.load("evaluate")
     return {
         "title": "Demo posts: sample quality by training lever (evaluate stage figures)",
         "rows": rows,
         "notes": [
-            f"params.yaml train: {base_params.model} h{base_params.rnn_size}x{base_params.num_layers}, lr "
-            f"{base_params.learning_rate} x{base_params.lr_decay} every {base_params.lr_decay_steps} steps, "
-            f"{base_params.max_steps} steps; a lever changes only what its name says",
+            f"before: the demo default before issue 13 ({BEFORE}); a lever changes only what its name says; "
+            f"default: params.yaml train: as it is, which changes {changed} from before",
+            f"same-time levers train for the reference's seconds ({seconds:.0f} s, train.time_budget_s), "
+            "whatever the steps; load: the 1-minute load average as the row finished training (2 cores, shared)",
+            "real_words top_p 1: the same model's real-word rate without the nucleus cut",
             f"evaluate: {e.samples} samples at temperature {e.temperature}, top_p {e.top_p}, seeds from {e.seed}",
-            "a base is pretrained with the same train: params on its own text, then remapped to the demo's "
-            "vocabulary (tweetbot.checkpoint.remapped, at the start of training) and fine-tuned",
+            "a base is pretrained with the lever's train: params on its own text for its share of the "
+            "reference's seconds (base train s), then remapped to the demo's vocabulary (at the start of "
+            "training, tweetbot.checkpoint.remapped) and fine-tuned for the rest (train s): a demo on a fresh "
+            "clone pays for both",
         ],
     }
 

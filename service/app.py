@@ -68,6 +68,7 @@ from service.shutdown import FLUSH_S, on_termination
 from tweetbot.runtime import bundle
 from tweetbot.runtime.errors import UserError, exit_on_user_error
 from tweetbot.runtime.sample import SampleRequest
+from tweetbot.runtime.sampling import TEMPERATURE, TOP_P
 from tweetbot.runtime.vocab import Vocab, render
 
 PAGE = Path(__file__).parent / "static" / "index.html"
@@ -179,7 +180,7 @@ async def new_post(
     request: Request,
     bot: ReadyBot,
     client: ClientAddress,
-    temperature: TemperatureQuery = 1.0,
+    temperature: TemperatureQuery = TEMPERATURE,
     prime: PrimeQuery = "",
     seed: SeedQuery = None,
 ) -> Post:
@@ -230,10 +231,10 @@ async def generate(
 async def stream(
     bot: ReadyBot,
     client: ClientAddress,
-    temperature: TemperatureQuery = 1.0,
+    temperature: TemperatureQuery = TEMPERATURE,
     prime: PrimeQuery = "",
     top_k: TopKQuery = None,
-    top_p: TopPQuery = 1.0,
+    top_p: TopPQuery = TOP_P,
     max_length: MaxLengthQuery = MAX_POST_CHARS,
     seed: SeedQuery = None,
 ) -> ServerSentEvent:

@@ -18,6 +18,7 @@ from litestar.params import Parameter
 from msgspec import Meta
 
 from tweetbot.runtime.sample import MAX_LENGTH, MAX_SEED, PRIME_BUCKET
+from tweetbot.runtime.sampling import TEMPERATURE, TOP_P
 from tweetbot.runtime.vocab import Vocab
 
 MAX_POST_CHARS = 280  # a post, as `GET /` has always returned it
@@ -79,9 +80,9 @@ def alphabet_pattern(vocab: Vocab) -> str:
 
 class GenerateRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     prime: Prime = ""
-    temperature: Temperature = 1.0
+    temperature: Temperature = TEMPERATURE
     top_k: TopK | None = None
-    top_p: TopP = 1.0
+    top_p: TopP = TOP_P
     max_length: MaxLength = MAX_POST_CHARS
     n: Annotated[int, Meta(ge=1, le=MAX_SAMPLES, description="how many samples")] = 1
     seed: Seed | None = None

@@ -61,7 +61,8 @@ def test_values_and_gradients_match_autodiff_of_the_plain_recurrence(shape):
 
 @needs_kernel
 def test_a_train_step_through_the_kernel_is_the_pure_jax_one():
-    model = train.build_model(TrainParams(rnn_size=32, num_layers=2), vocab_size=20)
+    params = TrainParams(rnn_size=32, num_layers=2, matmul_dtype="float32")  # bfloat16: the next test
+    model = train.build_model(params, vocab_size=20)
     assert kernels.lstm_recurrence(model) is kernels.lstm
     state = train.create_state(model, TrainParams(), seed=0)
     tokens = np.random.default_rng(0).integers(0, 20, (8, 17)).astype(np.int32)

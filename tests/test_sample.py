@@ -123,11 +123,12 @@ def test_sampling_follows_the_model_distribution(sampler):
     """The first character of 512 seeds against the model's softmax, and top-k keeps only the top k."""
     logits, _ = sampler.model.apply(sampler.variables, jnp.array([[EOS]]), sampler.model.initial_carry(1))
     probs = np.asarray(jax.nn.softmax(logits[0, 0].at[UNK].set(-jnp.inf)))  # UNK is never drawn
-    texts = sampler.generate([SampleRequest(max_length=1, seed=seed) for seed in range(512)])
+    plain = {"temperature": 1.0, "top_p": 1.0}  # the model's own distribution, not the default sampling's
+    texts = sampler.generate([SampleRequest(max_length=1, seed=seed, **plain) for seed in range(512)])
     counts = np.bincount([EOS if t == "" else sampler.vocab.index[t] for t in texts], minlength=len(probs))
     assert np.abs(counts / 512 - probs).max() < 0.06
     top3 = set(np.argsort(-probs)[:3])
-    texts = sampler.generate([SampleRequest(max_length=1, top_k=3, seed=seed) for seed in range(64)])
+    texts = sampler.generate([SampleRequest(max_length=1, top_k=3, seed=seed, **plain) for seed in range(64)])
     assert {EOS if t == "" else sampler.vocab.index[t] for t in texts} == top3
 
 

@@ -24,12 +24,13 @@ from service.fairness import TooManyRequests
 from service.observability import JsonFormatter
 from service.settings import Settings
 from tests.tiny_bundle import VOCAB, tiny_variables, write_tiny_bundle
+from tweetbot.params import EvaluateParams
 from tweetbot.runtime import bundle
 from tweetbot.runtime.bundle import BundleError
 from tweetbot.runtime.errors import UserError
 from tweetbot.runtime.model import CharRNN
 from tweetbot.runtime.sample import Sampler, SampleRequest
-from tweetbot.runtime.vocab import LINK, MENTION, RENDERED, Vocab
+from tweetbot.runtime.vocab import LINK, MENTION, RENDERED, Vocab, render
 
 READY_TIMEOUT_S = 600  # a cold JAX compilation cache on a busy machine; warm, it takes seconds
 
@@ -127,6 +128,17 @@ def endless_client(endless_dir):
     with TestClient(create_app(settings_for(endless_dir))) as client:
         wait_until_ready(client)
         yield client
+
+
+def test_the_default_sampling_is_the_one_the_evaluate_stage_scores(endless_client, endless_dir):
+    scored = EvaluateParams()  # what `dvc exp show`'s real_words and copy_rate measure
+    loaded = bundle.load(endless_dir)
+    sampler = Sampler(loaded.model, loaded.variables, loaded.vocab)
+    request = SampleRequest(temperature=scored.temperature, top_p=scored.top_p, seed=3)
+    expected = render(sampler.generate([request])[0])
+    assert expected
+    assert endless_client.get("/", params={"seed": 3}).json()["text"] == expected
+    assert endless_client.post("/generate", json={"seed": 3}).json()["samples"] == [expected]
 
 
 def test_a_post_stops_at_the_end_of_post_symbol(stopping_client):

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from tweetbot.runtime.errors import UserError, exit_on_user_error
+from tweetbot.runtime.sampling import TEMPERATURE, TOP_P
 from tweetbot.workspace import BEST, DEPLOY_RECORD, EVALUATION, EXPORT, IMAGE, IMAGE_RECORD, PROCESSED, VOCAB
 
 app = typer.Typer(
@@ -26,9 +27,9 @@ app = typer.Typer(
 def sample(
     n: int = typer.Option(5, "--n", min=1, help="how many samples"),
     prime: str = typer.Option("", help="the text every sample starts with"),
-    temperature: float = typer.Option(1.0, help="lower is safer, higher is wilder; 0 is greedy"),
+    temperature: float = typer.Option(TEMPERATURE, help="lower is safer, higher is wilder; 0 is greedy"),
     top_k: int = typer.Option(0, "--top-k", help="draw only from the k likeliest characters (0: all)"),
-    top_p: float = typer.Option(1.0, "--top-p", help="draw only from the likeliest characters of this mass"),
+    top_p: float = typer.Option(TOP_P, "--top-p", help="draw only from the likeliest characters of this mass"),
     seed: int = typer.Option(0, help="sample i uses seed + i: the same seed gives the same samples"),
     length: int = typer.Option(280, help="the most characters a sample writes after its prime"),
     checkpoint: Path = typer.Option(BEST, help="the trained weights"),

@@ -8,8 +8,9 @@ Export refuses, with one line, a model not worth serving or not safe to:
   training frequency, i.e. the entropy of the character distribution) by `export.min_improvement_bpc` bits per
   character on validation: it learned nothing;
 - one whose samples recite the account's posts: more than `export.max_copy_rate` of `export.copy_samples`
-  samples (seeds 0, 1, ..., at `export.copy_temperature`) hold a run of 50 characters of a training post
-  (tweetbot.copies, the measure the evaluate stage reports as `copy_rate`). A public bot must not leak posts.
+  samples (seeds 0, 1, ..., at `export.copy_temperature` and the service's default top-p) hold a run of 50
+  characters of a training post (tweetbot.copies, the measure the evaluate stage reports as `copy_rate`). A
+  public bot must not leak posts.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tweetbot.runtime.errors import UserError
+from tweetbot.runtime.sampling import TEMPERATURE, TOP_P
 from tweetbot.runtime.vocab import EOS, UNK, Vocab
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -33,9 +34,9 @@ MAX_SEED = 2**32 - 1
 @dataclass(frozen=True)
 class SampleRequest:
     prime: str = ""
-    temperature: float = 1.0
+    temperature: float = TEMPERATURE
     top_k: int = 0  # 0: no top-k cut
-    top_p: float = 1.0  # 1.0: no nucleus cut
+    top_p: float = TOP_P  # 1.0: no nucleus cut
     max_length: int = 280
     seed: int = 0
 
