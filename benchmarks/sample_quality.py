@@ -1,14 +1,14 @@
 """Sample quality levers: the evaluate stage's figures for each way of training the demo, side by side.
 
 `python -m benchmarks.sample_quality [LEVER ...]` (`make bench-samples`; 4 to 5 minutes a lever on a 2-core
-machine at load 6, the quality preset 25). Fetches and preprocesses the demo posts as the pipeline does, then
-for each lever trains (tweetbot.train), exports (tweetbot.export) and evaluates (tweetbot.evaluate, params.yaml
-`evaluate:`) one model, so every row is measured by the same code as `dvc exp show`'s columns. A lever changes
-the demo default as it was before issue 13 (BEFORE), whose training time in the same run the levers get, or
-params.yaml `train:` as it is; it may start from a base model pretrained on another text (BASES). Models are
-kept in benchmarks/.cache/: a second run re-evaluates them. Results: benchmarks/results/sample_quality.{json,md}.
-Then `--sampling LEVER` gives the figures of that lever's model at each of SETTINGS (temperature, top-p):
-benchmarks/results/sample_settings-LEVER.{json,md}.
+machine at load 6, the quality preset 15 at load 4). Fetches and preprocesses the demo posts as the pipeline
+does, then for each lever trains (tweetbot.train), exports (tweetbot.export) and evaluates (tweetbot.evaluate,
+params.yaml `evaluate:`) one model, so every row is measured by the same code as `dvc exp show`'s columns. A
+lever changes the demo default as it was before issue 13 (BEFORE), whose training time in the same run the
+levers get, or params.yaml `train:` as it is; it may start from a base model pretrained on another text
+(BASES). Models are kept in benchmarks/.cache/: a second run re-evaluates them. Results:
+benchmarks/results/sample_quality.{json,md}. Then `--sampling LEVER` gives the figures of that lever's model at
+each of SETTINGS (temperature, top-p): benchmarks/results/sample_settings-LEVER.{json,md}.
 """
 
 from __future__ import annotations
@@ -204,9 +204,11 @@ def sampling(lever: str) -> dict:
 
 def evaluated(folder: Path, data: Path, export_params: params.ExportParams) -> dict:
     """Export the best checkpoint in `folder` and evaluate it with params.yaml `evaluate:` (seconds), and its
-    real-word rate without the nucleus cut (top_p 1), which shows what training alone changed."""
+    real-word rate without the nucleus cut (top_p 1), which shows what training alone changed. The copy gate is
+    measured (copy_rate), not applied: a model export would refuse gets its row too."""
     e = params.load("evaluate")
-    export.run(export_params, folder / "checkpoints" / "best.msgpack", data, folder / "export")
+    ungated = dataclasses.replace(export_params, max_copy_rate=1.0)
+    export.run(ungated, folder / "checkpoints" / "best.msgpack", data, folder / "export")
     figures = evaluate.run(e, folder / "export", data, folder / "evaluation")
     uncut = evaluate.run(dataclasses.replace(e, top_p=1.0), folder / "export", data, folder / "evaluation-top_p-1")
     return figures | {"real_words top_p 1": uncut["real_words"]}
