@@ -48,13 +48,12 @@ print("served")
 
 def modules_of(distributions: list[str]) -> set[str]:
     """The top-level modules those distributions install (orbax-checkpoint: orbax)."""
-    found = {
+    return {
         module
         for module, owners in importlib.metadata.packages_distributions().items()
         for owner in owners
         if owner.lower().replace("_", "-") in distributions
     }
-    return found - {"_virtualenv"}
 
 
 def test_the_dockerfile_leaves_out_packages_that_are_installed_here():
