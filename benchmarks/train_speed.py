@@ -4,9 +4,10 @@ Both train embedding -> LSTM -> linear with Adam and global-norm clipping on bat
 characters, carrying the state from window to window, at h128x2 and h512x3. Rounds alternate between the
 implementations so they share the machine's load; each figure is the median of the rounds. PyTorch runs in its
 own venv (benchmarks/.venv-torch; see torch_reference.py) with 1 and with 2 threads, and the faster of the two
-is the reference. "tweetbot" is what training runs here (on a CPU, the fused oneDNN LSTM of tweetbot.kernels
-where it is built); "tweetbot pure JAX" is the scan it falls back to (and runs on a GPU). The Flax
-`nn.RNN(OptimizedLSTMCell)` model tweetbot started from runs too, for scale.
+is the reference. "tweetbot" is what training runs here: on a CPU, the fused oneDNN LSTM of tweetbot.kernels
+where it is built and the model is large enough for it to pay (kernels.FUSED_FROM), else the pure-JAX scan (which
+a GPU runs too); the other of the two gets a row of its own. The Flax `nn.RNN(OptimizedLSTMCell)` model tweetbot
+started from runs too, for scale.
 GFLOP/s count the multiply-adds of the matmuls (2 FLOPs each; backward = 2x forward) against a numpy float32
 matmul measured in the same run. Goal: tweetbot >= 1.1x PyTorch at both sizes.
 Run: `python -m benchmarks train` (part of `make bench`).
@@ -64,8 +65,8 @@ def flops_per_char(rnn_size: int, num_layers: int) -> float:
     return 3 * forward
 
 
-def jax_trainer(model, fused: bool = True) -> callable:
-    """A function that trains `model` for about `seconds` and returns chars/s."""
+def jax_trainer(model, fused: bool | None = None) -> callable:
+    """A function that trains `model` for about `seconds` and returns chars/s (`fused`: as make_train_step)."""
     state = train.create_state(model, TrainParams(), seed=0)
     carry = model.initial_carry(BATCH)
     tokens = np.random.default_rng(0).integers(0, VOCAB, (BATCH, SEQ + 1)).astype(np.int32)
@@ -138,13 +139,16 @@ def cpu() -> str:
 
 
 def main() -> dict:
-    implementations = {}
+    implementations, models = {}, []
     for rnn_size, num_layers in SIZES:
-        params = TrainParams(rnn_size=rnn_size, num_layers=num_layers)
+        params = TrainParams(rnn_size=rnn_size, num_layers=num_layers, matmul_dtype="float32")
         tweetbot = train.build_model(params, VOCAB)
+        models.append((rnn_size, num_layers, tweetbot))
         implementations[(rnn_size, num_layers, "tweetbot")] = jax_trainer(tweetbot)
-        if kernels.lstm_recurrence(tweetbot):
-            implementations[(rnn_size, num_layers, "tweetbot pure JAX")] = jax_trainer(tweetbot, fused=False)
+        if kernels.available():  # the path training does not take at this size, for comparison
+            fused = not kernels.lstm_recurrence(tweetbot)
+            name = "tweetbot fused oneDNN" if fused else "tweetbot pure JAX"
+            implementations[(rnn_size, num_layers, name)] = jax_trainer(tweetbot, fused=fused)
         implementations[(rnn_size, num_layers, "tweetbot bf16")] = jax_trainer(tweetbot.clone(matmul_dtype="bfloat16"))
         flax_model = FlaxLSTM(VOCAB, rnn_size, num_layers)
         implementations[(rnn_size, num_layers, "flax nn.RNN")] = jax_trainer(flax_model, fused=False)
@@ -162,7 +166,11 @@ def main() -> dict:
             figures[key].append(measure(SECONDS))
         peaks.append(numpy_peak_gflops())
         loads.append(os.getloadavg()[0])
-    notes = [f"fused oneDNN LSTM: {'used' if kernels.available() else 'not built (make kernels): pure JAX'}"]
+    if kernels.available():
+        paths = (f"h{h}x{n} {'fused oneDNN' if kernels.lstm_recurrence(m) else 'pure JAX'}" for h, n, m in models)
+        notes = [f"tweetbot and tweetbot bf16 train with: {', '.join(paths)}"]
+    else:
+        notes = ["fused oneDNN LSTM not built (make kernels): pure JAX"]
     if torch:
         notes.append(f"PyTorch {torch.version()} (the faster of 1 and 2 threads is the reference)")
         torch.close()

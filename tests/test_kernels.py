@@ -63,7 +63,7 @@ def test_values_and_gradients_match_autodiff_of_the_plain_recurrence(shape):
 def test_a_train_step_through_the_kernel_is_the_pure_jax_one():
     params = TrainParams(rnn_size=32, num_layers=2, matmul_dtype="float32")  # bfloat16: the next test
     model = train.build_model(params, vocab_size=20)
-    assert kernels.lstm_recurrence(model) is kernels.lstm
+    assert kernels.lstm_recurrence(model, any_size=True) is kernels.lstm
     state = train.create_state(model, TrainParams(), seed=0)
     tokens = np.random.default_rng(0).integers(0, 20, (8, 17)).astype(np.int32)
     carry = model.initial_carry(8)
@@ -98,6 +98,22 @@ def test_bfloat16_matmuls_are_as_close_to_float32_as_the_pure_jax_ones():
     fused = jax.tree.leaves(grads(kernels.lstm, "bfloat16"))
     for mine, pure, reference in zip(fused, rounded, exact, strict=True):
         assert relative_error(mine, reference) <= 2 * relative_error(pure, reference) + 1e-3
+
+
+@needs_kernel
+@pytest.mark.parametrize("fused", [None, True, False])
+def test_training_takes_the_kernel_from_the_size_where_it_is_the_faster(fused):
+    """By default (None) from kernels.FUSED_FROM units on; True: at any size; False: never."""
+
+    def calls_the_kernel(rnn_size):
+        model = train.build_model(TrainParams(rnn_size=rnn_size, num_layers=1), vocab_size=20)
+        state, carry = train.create_state(model, TrainParams(), seed=0), model.initial_carry(2)
+        tokens = np.zeros((2, 4), np.int32)
+        step = train.make_train_step(model, seed=0, fused=fused)
+        return "tweetbot_lstm_forward" in step.lower(state, carry, tokens, tokens).as_text()
+
+    small, large = calls_the_kernel(kernels.FUSED_FROM - 1), calls_the_kernel(kernels.FUSED_FROM)
+    assert (small, large) == {None: (False, True), True: (True, True), False: (False, False)}[fused]
 
 
 def test_other_cells_keep_the_pure_jax_recurrence():

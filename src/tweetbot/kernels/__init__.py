@@ -3,11 +3,12 @@ primitive (what PyTorch's nn.LSTM runs on a CPU), made from XLA through `jax.ffi
 
     recurrence = kernels.lstm_recurrence(model)   # None: use the model's own pure-JAX recurrence
 
-It is used for an LSTM on the CPU backend where `make kernels` (part of `make install`) built lstm_onednn.so,
-in float32 or with bfloat16 matmul inputs (matmul_dtype: x, h and the weights rounded, sums, the cell state and
-the gradients in float32, as the pure-JAX recurrence does); everywhere else, on a GPU too, training runs the
-pure-JAX scan of tweetbot.runtime.model unchanged. The forward keeps oneDNN's workspace (the gates it computed)
-for the backward, joined to it by `jax.custom_vjp`.
+It is used for an LSTM of at least FUSED_FROM units (below it the scan is the faster) on the CPU backend where
+`make kernels` (part of `make install`) built lstm_onednn.so, in float32 or with bfloat16 matmul inputs
+(matmul_dtype: x, h and the weights rounded, sums, the cell state and the gradients in float32, as the pure-JAX
+recurrence does); everywhere else, on a GPU too, training runs the pure-JAX scan of tweetbot.runtime.model
+unchanged. The forward keeps oneDNN's workspace (the gates it computed) for the backward, joined to it by
+`jax.custom_vjp`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ import numpy as np
 
 LIBRARY = Path(__file__).with_name("lstm_onednn.so")
 ONEDNN = Path(sys.prefix) / "lib" / "libdnnl.so.3"  # from the onednn-cpu-gomp wheel, in the venv's lib/
+# Below this many units per layer the pure-JAX scan trains faster: XLA fuses each step's small matmuls and gate
+# arithmetic into one loop, where oneDNN pays a call, a weight reorder and a thread hand-off per layer. Measured
+# side by side on a quiet 2-core Xeon with AMX, pure JAX against fused: h128x2 1.2x in float32 and in bfloat16,
+# h192x2 even, h256x2 0.96x (float32) and 0.94x (bfloat16), h512x3 0.67x (benchmarks/results/train.md); on an
+# AMD EPYC Zen 4, h128x2 1.09x in bfloat16.
+FUSED_FROM = 256
 
 
 @functools.cache
@@ -47,9 +54,11 @@ def available() -> bool:
     return jax.default_backend() == "cpu" and _library() is not None
 
 
-def lstm_recurrence(model):
-    """The fused LSTM for `model` (a CharRNN) where it applies, else None."""
-    if model.cell == "lstm" and available():
+def lstm_recurrence(model, *, any_size: bool = False):
+    """The fused LSTM for `model` (a CharRNN) where it applies and is the faster, else None.
+
+    `any_size`: wherever it applies, small models too (the benchmark and the tests compare the two paths)."""
+    if model.cell == "lstm" and (any_size or model.rnn_size >= FUSED_FROM) and available():
         return lstm
     return None
 
