@@ -13,18 +13,16 @@ each of SETTINGS (temperature, top-p): benchmarks/results/sample_settings-LEVER.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 
 from benchmarks.__main__ import save
-from tweetbot import corpus, evaluate, export, fetch, kernels, params, train
+from tweetbot import corpus, evaluate, export, fetch, params, train
 from tweetbot.checkpoint import save_naming_vocabulary
 from tweetbot.params import TrainParams
 from tweetbot.runtime.vocab import Vocab
@@ -73,10 +71,9 @@ BEFORE = {
 class Lever:
     """A way of training the demo: changes to BEFORE (or params.yaml `train:` as it is), maybe a base.
 
-    `same_time`: train for as many seconds as the reference lever (the first row that has `reference`: BEFORE
-    with the fused kernel) took in this run, whatever the steps, since the goal is a better model in no more
-    training time. `pure_jax` trains with the pure-JAX recurrence (tweetbot.kernels off): the demo default as
-    it trained when issue 13 was filed, before the fused kernel."""
+    `same_time`: train for as many seconds as the reference lever (the first row that has `reference`: BEFORE)
+    took in this run, whatever the steps, since the goal is a better model in no more training time. At the
+    demo's size (h128) training runs the pure-JAX scan, as it did when issue 13 was filed (kernels.FUSED_FROM)."""
 
     changes: dict = dataclasses.field(default_factory=dict)
     current: bool = False  # changes to params.yaml `train:` as it is (the demo default now), not to BEFORE
@@ -84,10 +81,10 @@ class Lever:
     base_share: float = 0.0  # of the reference's seconds, spent pretraining the base; the rest fine-tunes it
     same_time: bool = False
     reference: bool = False
-    pure_jax: bool = False
 
 
 BF16 = {"matmul_dtype": "bfloat16"}
+F32 = {"matmul_dtype": "float32"}
 # The README's quality preset: `dvc exp run -S train.rnn_size=256 ...` on top of the default.
 QUALITY = {"rnn_size": 256, "learning_rate": 0.004, "lr_decay": 0.95, "output_keep_prob": 0.8, "max_steps": 3000}
 LEVERS = {
@@ -106,9 +103,22 @@ LEVERS = {
     "bf16 h128 shakespeare base (a third of the time)": Lever(
         BF16, base="shakespeare", base_share=1 / 3, same_time=True
     ),
-    "old default (pure JAX f32, 1000 steps)": Lever(pure_jax=True),
     "default": Lever(current=True),
+    "default seed 1": Lever({"seed": 1}, current=True),
+    "default f32": Lever(F32, current=True),
+    "default f32 seed 1": Lever(F32 | {"seed": 1}, current=True),
+    # The default's params given the reference's time, and what changes the length of its samples most.
+    "default same time": Lever(current=True, same_time=True),
+    "default seq 128": Lever({"seq_length": 128}, current=True, same_time=True),
+    "default seq 128 batch 32": Lever({"seq_length": 128, "batch_size": 32}, current=True, same_time=True),
+    "default seq 256 batch 16": Lever({"seq_length": 256, "batch_size": 16}, current=True, same_time=True),
+    "default shakespeare base (a third)": Lever(base="shakespeare", base_share=1 / 3, current=True, same_time=True),
+    "default shakespeare base (a third) seed 1": Lever(
+        {"seed": 1}, base="shakespeare", base_share=1 / 3, current=True, same_time=True
+    ),
     "quality preset": Lever(QUALITY, current=True),
+    "quality preset keep 0.7": Lever(QUALITY | {"output_keep_prob": 0.7}, current=True),
+    "quality preset 2000 steps": Lever(QUALITY | {"max_steps": 2000}, current=True),
 }
 
 
@@ -166,10 +176,7 @@ def measure(name: str, data: Path, base_params: TrainParams, seconds: float | No
         start = folder / "init.msgpack"
         save_naming_vocabulary(checkpoint, base_vocab, start)  # training remaps it to the demo's vocabulary
         p = dataclasses.replace(p, init_from=str(start))
-    with contextlib.ExitStack() as stack:
-        if lever.pure_jax:  # the recurrence as it trained before the fused kernel
-            stack.enter_context(mock.patch.object(kernels, "available", return_value=False))
-        metrics = train.run(p, data, folder / "checkpoints", folder / "live")
+    metrics = train.run(p, data, folder / "checkpoints", folder / "live")
     load = folder / "load.txt"  # the load as the model trained, not as a later run re-evaluates it
     if not load.exists():
         load.write_text(f"{os.getloadavg()[0]:.1f}\n")
