@@ -139,16 +139,16 @@ def cpu() -> str:
 
 
 def main() -> dict:
-    implementations, models = {}, []
+    implementations, paths = {}, []
     for rnn_size, num_layers in SIZES:
         params = TrainParams(rnn_size=rnn_size, num_layers=num_layers, matmul_dtype="float32")
         tweetbot = train.build_model(params, VOCAB)
-        models.append((rnn_size, num_layers, tweetbot))
         implementations[(rnn_size, num_layers, "tweetbot")] = jax_trainer(tweetbot)
         if kernels.available():  # the path training does not take at this size, for comparison
-            fused = not kernels.lstm_recurrence(tweetbot)
-            name = "tweetbot fused oneDNN" if fused else "tweetbot pure JAX"
-            implementations[(rnn_size, num_layers, name)] = jax_trainer(tweetbot, fused=fused)
+            fused = kernels.lstm_recurrence(tweetbot) is not None
+            paths.append(f"h{rnn_size}x{num_layers} {'fused oneDNN' if fused else 'pure JAX'}")
+            name = "tweetbot pure JAX" if fused else "tweetbot fused oneDNN"
+            implementations[(rnn_size, num_layers, name)] = jax_trainer(tweetbot, fused=not fused)
         implementations[(rnn_size, num_layers, "tweetbot bf16")] = jax_trainer(tweetbot.clone(matmul_dtype="bfloat16"))
         flax_model = FlaxLSTM(VOCAB, rnn_size, num_layers)
         implementations[(rnn_size, num_layers, "flax nn.RNN")] = jax_trainer(flax_model, fused=False)
@@ -166,8 +166,7 @@ def main() -> dict:
             figures[key].append(measure(SECONDS))
         peaks.append(numpy_peak_gflops())
         loads.append(os.getloadavg()[0])
-    if kernels.available():
-        paths = (f"h{h}x{n} {'fused oneDNN' if kernels.lstm_recurrence(m) else 'pure JAX'}" for h, n, m in models)
+    if paths:
         notes = [f"tweetbot and tweetbot bf16 train with: {', '.join(paths)}"]
     else:
         notes = ["fused oneDNN LSTM not built (make kernels): pure JAX"]
