@@ -1,14 +1,14 @@
 """Sample quality levers: the evaluate stage's figures for each way of training the demo, side by side.
 
-`python -m benchmarks.sample_quality [LEVER ...]` (`make bench-samples`; 4 to 5 minutes a lever on a 2-core
-machine at load 6, the quality preset 15 at load 4). Fetches and preprocesses the demo posts as the pipeline
-does, then for each lever trains (tweetbot.train), exports (tweetbot.export) and evaluates (tweetbot.evaluate,
-params.yaml `evaluate:`) one model, so every row is measured by the same code as `dvc exp show`'s columns. A
-lever changes the demo default as it was before issue 13 (BEFORE), whose training time in the same run the
-levers get, or params.yaml `train:` as it is; it may start from a base model pretrained on another text
-(BASES). Models are kept in benchmarks/.cache/: a second run re-evaluates them. Results:
-benchmarks/results/sample_quality.{json,md}. Then `--sampling LEVER` gives the figures of that lever's model at
-each of SETTINGS (temperature, top-p): benchmarks/results/sample_settings-LEVER.{json,md}.
+`python -m benchmarks.sample_quality [--out NAME] [LEVER ...]` (`make bench-samples`; 4 to 5 minutes a lever on
+a 2-core machine at load 6, the quality preset 15 at load 4). Fetches and preprocesses the demo posts as the
+pipeline does, then for each lever trains (tweetbot.train), exports (tweetbot.export) and evaluates
+(tweetbot.evaluate, params.yaml `evaluate:`) one model, so every row is measured by the same code as `dvc exp
+show`'s columns. A lever changes the demo default as it was before issue 13 (BEFORE), whose training time in the
+same run the levers get, or params.yaml `train:` as it is; it may start from a base model pretrained on another
+text (BASES). Models are kept in benchmarks/.cache/: a second run re-evaluates them. Results:
+benchmarks/results/sample_quality.{json,md}, or NAME.{json,md}. Then `--sampling LEVER` gives the figures of that
+lever's model at each of SETTINGS (temperature, top-p): benchmarks/results/sample_settings-LEVER.{json,md}.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ BEFORE = {
     "lr_decay_steps": 100,
     "output_keep_prob": 1.0,
     "matmul_dtype": "float32",
+    "position_input": False,
     "max_steps": 1000,
 }
 
@@ -116,6 +117,8 @@ LEVERS = {
     "default shakespeare base (a third) seed 1": Lever(
         {"seed": 1}, base="shakespeare", base_share=1 / 3, current=True, same_time=True
     ),
+    "default position input": Lever({"position_input": True}, current=True),
+    "default position input seed 1": Lever({"position_input": True, "seed": 1}, current=True),
     "quality preset": Lever(QUALITY, current=True),
     "quality preset keep 0.7": Lever(QUALITY | {"output_keep_prob": 0.7}, current=True),
     "quality preset 2000 steps": Lever(QUALITY | {"max_steps": 2000}, current=True),
@@ -256,5 +259,7 @@ def main(names: list[str]) -> dict:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--sampling"]:  # python -m benchmarks.sample_quality --sampling LEVER
         save(f"sample_settings-{folder_of(sys.argv[2]).name}", sampling(sys.argv[2]))
+    elif sys.argv[1:2] == ["--out"]:  # python -m benchmarks.sample_quality --out NAME LEVER...: results/NAME.*
+        save(sys.argv[2], main(sys.argv[3:]))
     else:
         save("sample_quality", main(sys.argv[1:]))

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tweetbot.runtime.model import CharRNN, lstm
+from tweetbot.runtime.model import POSITION_STEP, CharRNN, lstm, post_positions
+from tweetbot.runtime.vocab import EOS
 
 VOCAB, BATCH, TIME = 11, 3, 7
 
@@ -57,6 +58,44 @@ def test_one_step_at_a_time_equals_the_whole_sequence(cell):
         steps.append(logits)
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), whole, rtol=1e-5, atol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), carry, whole_carry)
+
+
+def test_a_position_counts_the_characters_since_the_last_eos_across_windows():
+    window = jnp.array([[5, 6, EOS, 7, 8, EOS, 3], [1, 2, 3, 4, 5, 6, 7]])
+    np.testing.assert_array_equal(
+        post_positions(window, jnp.array([10, 0])), [[11, 12, 0, 1, 2, 0, 1], [1, 2, 3, 4, 5, 6, 7]]
+    )
+
+
+def position_model():
+    """A model with position input whose position embedding is not the zeros it starts with."""
+    model = CharRNN(VOCAB, rnn_size=8, num_layers=2, position_input=True)
+    variables = init(model)
+    embedding = variables["params"]["position"]["embedding"]
+    variables["params"]["position"]["embedding"] = jax.random.normal(jax.random.key(3), embedding.shape)
+    return model, variables
+
+
+def test_with_position_input_one_step_at_a_time_still_equals_the_whole_sequence():
+    model, variables = position_model()
+    sequence = tokens(time=3 * POSITION_STEP).at[0, 5].set(EOS)  # a post ends in row 0, and positions restart
+    whole, whole_carry = apply(model, variables, sequence, model.initial_carry(BATCH))
+    carry, steps = model.initial_carry(BATCH), []
+    for t in range(sequence.shape[1]):
+        logits, carry = apply(model, variables, sequence[:, t : t + 1], carry)
+        steps.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), whole, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(carry[-1], whole_carry[-1])
+    np.testing.assert_array_equal(carry[-1], post_positions(sequence, jnp.zeros(BATCH, jnp.int32))[:, -1])
+
+
+def test_the_position_changes_the_output():
+    """The same text and state read later in a post give other logits: what lets a model end long posts."""
+    model, variables = position_model()
+    early, late = model.initial_carry(BATCH), model.initial_carry(BATCH)
+    late = (*late[:-1], jnp.full(BATCH, 10 * POSITION_STEP, jnp.int32))
+    sequence = jnp.full((BATCH, 1), 4)
+    assert not np.allclose(apply(model, variables, sequence, early)[0], apply(model, variables, sequence, late)[0])
 
 
 def test_carried_state_changes_the_output():

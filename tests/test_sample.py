@@ -20,20 +20,23 @@ from tweetbot.runtime.vocab import EOS, UNK, Vocab
 TEXT = "the quick brown fox jumps over the lazy dog. THE END!"
 
 
-def tiny_sampler(eos_bias: float = -4.0) -> Sampler:
+def tiny_sampler(eos_bias: float = -4.0, position_input: bool = False) -> Sampler:
     """A random 1-layer model; `eos_bias` on the head's EOS logit sets how soon samples end."""
     vocab = Vocab.build([TEXT])
-    model = CharRNN(len(vocab), rnn_size=16, num_layers=1)
+    model = CharRNN(len(vocab), rnn_size=16, num_layers=1, position_input=position_input)
     variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 1), jnp.int32), model.initial_carry(1))
     # A random model is close to uniform; sharpen it so greedy and sampled texts differ clearly.
     variables = jax.tree.map(lambda w: 4 * w, variables)
     variables["params"]["head"]["bias"] = variables["params"]["head"]["bias"].at[EOS].set(eos_bias)
+    if position_input:  # it starts at zeros, which would read like no position at all
+        shape = variables["params"]["position"]["embedding"].shape
+        variables["params"]["position"]["embedding"] = jax.random.normal(jax.random.key(1), shape)
     return Sampler(model, variables, vocab)
 
 
-@pytest.fixture(scope="module")
-def sampler() -> Sampler:
-    return tiny_sampler()
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "position_input"])
+def sampler(request) -> Sampler:
+    return tiny_sampler(position_input=request.param)
 
 
 def greedy_reference(sampler: Sampler, prime: str, length: int) -> str:

@@ -152,6 +152,17 @@ def test_a_start_that_names_its_vocabulary_is_remapped_to_the_datas(tmp_path, ba
     assert tuned["val_loss"] < base[0]["val_loss"] + 0.05  # the trained weights, each character's where it belongs
 
 
+def test_a_model_with_position_input_fine_tunes_one_without_it(tmp_path, data):
+    """A live model from before train.position_input starts an update whose params have it: its weights, and a
+    position embedding of zeros, so it scores the text as it did."""
+    before, old = run(tmp_path / "old", data, position_input=False)
+    best = old / "checkpoints" / "best.msgpack"
+    tuned, out = run(tmp_path, data, init_from=str(best), max_steps=10, learning_rate=0.001, position_input=True)
+    assert tuned["val_loss"] < before["val_loss"] + 0.05
+    model, _, _ = checkpoint.load_checkpoint(out / "checkpoints" / "best.msgpack")
+    assert model.position_input
+
+
 def test_a_diverging_run_stops_with_one_clear_line(tmp_path, data):
     with pytest.raises(train.NonFiniteLoss, match="lower learning_rate") as error:
         run(tmp_path, data, learning_rate=float("inf"))  # too large a step, as far as it goes

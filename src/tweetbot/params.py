@@ -93,6 +93,7 @@ class TrainParams:
     input_keep_prob: float = 1.0
     output_keep_prob: float = 1.0
     matmul_dtype: Literal["float32", "bfloat16"] = "bfloat16"  # float32: exact, slower on a CPU
+    position_input: bool = False  # the first layer also reads where in its post each character stands
     max_steps: int = 1200
     time_budget_s: float | None = None  # stop at max_steps or after this many seconds, whichever is first
     eval_every: int = 100

@@ -87,6 +87,7 @@ def build_model(params: TrainParams, vocab_size: int) -> CharRNN:
         input_keep_prob=params.input_keep_prob,
         output_keep_prob=params.output_keep_prob,
         matmul_dtype=params.matmul_dtype,
+        position_input=params.position_input,
     )
 
 
@@ -333,8 +334,11 @@ def _fine_tune_start(path: Path, fresh_params, vocab: Vocab):
     if "vocab" in record["meta"]:
         record = checkpoint.remapped(record, Vocab(record["meta"]["vocab"]), vocab)
     shapes = jax.tree.map(np.shape, fresh_params)
+    weights = dict(record["params"])
+    if "position" in fresh_params and "position" not in weights:  # a model from before train.position_input
+        weights["position"] = jax.tree.map(np.asarray, fresh_params["position"])  # zeros: it reads as before
     try:
-        loaded = checkpoint.restore(fresh_params, record["params"])
+        loaded = checkpoint.restore(fresh_params, weights)
     except (KeyError, ValueError):
         loaded = None
     if loaded is None or jax.tree.map(np.shape, loaded) != shapes:

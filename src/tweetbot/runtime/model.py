@@ -3,11 +3,16 @@
 Contract used by training, the sampler and the service:
     model = CharRNN(vocab_size, rnn_size, num_layers, cell)
     logits, carry = model.apply(variables, tokens[B, T], carry, train=False)
-    carry = model.initial_carry(batch_size)   # zeros; a pytree, one entry per layer
+    carry = model.initial_carry(batch_size)   # zeros; a pytree, one entry per layer (and the position)
 `recurrence=` (optional) runs each layer through another function with the contract of RECURRENCES below: training
 on a CPU passes the fused oneDNN LSTM of tweetbot.kernels (pipeline side; the runtime never imports it).
 Dropout follows char-rnn-tensorflow: `input_keep_prob` on each layer's input, `output_keep_prob` on each
 layer's output, only when `train=True` (needs a "dropout" rng).
+
+With `position_input` the first layer's input also holds an embedding of where the character stands in its post
+(characters since the last EOS, in buckets of POSITION_STEP): a window of truncated BPTT is shorter than a post,
+so without it the model has to count to 250 in its state to know when a post is long enough to end, and samples
+ran on to the length cap. The position is then part of the carry, after the layers'.
 
 Why the LSTM is not `nn.RNN(OptimizedLSTMCell)`: it has a hand-written backward pass (`jax.custom_vjp`). The
 reverse loop then holds one matmul per step, `dz_t @ W_h^T`, and the weight and input gradients are each one
@@ -26,8 +31,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tweetbot.runtime.vocab import EOS
+
 Cell = Literal["lstm", "gru", "rnn"]
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # how many [H]-wide blocks the input projection has
+POSITION_STEP = 8  # characters per position bucket
+POSITION_BUCKETS = 40  # positions 0..319 each have a bucket; later ones share the last
 
 
 class CharRNN(nn.Module):
@@ -38,12 +47,15 @@ class CharRNN(nn.Module):
     input_keep_prob: float = 1.0
     output_keep_prob: float = 1.0
     matmul_dtype: str = "float32"  # "bfloat16": matmul inputs rounded to bfloat16, sums and state in float32
+    position_input: bool = False  # False for models from before it existed
 
     def initial_carry(self, batch_size: int):
-        """Zero state for every layer: (c, h) for an LSTM, h for a GRU or a vanilla RNN."""
+        """Zero state for every layer: (c, h) for an LSTM, h for a GRU or a vanilla RNN; then, with
+        `position_input`, the position [B] of the last character read (0: at the start of a post)."""
         zeros = jnp.zeros((batch_size, self.rnn_size), jnp.float32)
         layer = (zeros, zeros) if self.cell == "lstm" else zeros
-        return tuple(layer for _ in range(self.num_layers))
+        position = (jnp.zeros((batch_size,), jnp.int32),) if self.position_input else ()
+        return tuple(layer for _ in range(self.num_layers)) + position
 
     @nn.compact
     def __call__(self, tokens: jax.Array, carry, train: bool = False, recurrence=None):
@@ -51,6 +63,12 @@ class CharRNN(nn.Module):
         recurrence = recurrence or RECURRENCES[self.cell]
         x = nn.Embed(self.vocab_size, hidden, name="embed")(tokens.T)  # time-major: [T, B, H]
         new_carry = []
+        if self.position_input:
+            positions = post_positions(tokens, carry[self.num_layers])
+            buckets = jnp.minimum(positions // POSITION_STEP, POSITION_BUCKETS - 1)
+            # Zeros at first: a fresh model starts as one without it, and fine-tunes a checkpoint without it.
+            position = nn.Embed(POSITION_BUCKETS, hidden, embedding_init=nn.initializers.zeros, name="position")
+            x = x + position(buckets.T)
         for layer in range(self.num_layers):
             x = nn.Dropout(1.0 - self.input_keep_prob, deterministic=not train)(x)
             w_x = self.param(f"w_x_{layer}", nn.initializers.lecun_normal(), (x.shape[-1], width))
@@ -61,7 +79,17 @@ class CharRNN(nn.Module):
             new_carry.append(layer_carry)
         dot = partial(mixed_dot_general, jnp.dtype(self.matmul_dtype))
         logits = nn.Dense(self.vocab_size, dot_general=dot, name="head")(x)
+        if self.position_input:
+            new_carry.append(positions[:, -1])
         return logits.swapaxes(0, 1), tuple(new_carry)
+
+
+def post_positions(tokens: jax.Array, start: jax.Array) -> jax.Array:
+    """The position in its post of each token [B, T]: 0 for an EOS, one more for each character after it;
+    `start` [B] is the position of the token before the window."""
+    t = jnp.arange(tokens.shape[1])
+    last_eos = jax.lax.cummax(jnp.where(tokens == EOS, t, -1), axis=1)
+    return jnp.where(last_eos >= 0, t - last_eos, start[:, None] + t + 1)
 
 
 def _bias_init(cell: Cell):
