@@ -163,6 +163,22 @@ def test_a_model_with_position_input_fine_tunes_one_without_it(tmp_path, data):
     assert model.position_input
 
 
+def test_auto_matmul_dtype_is_bfloat16_only_where_the_chip_has_bf16_units(tmp_path, base):
+    amx, avx2 = tmp_path / "amx", tmp_path / "avx2"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma f16c\n")
+    on_cpu = jax.default_backend() == "cpu"
+    assert train.resolved_matmul_dtype("auto", amx) == "bfloat16"
+    assert train.resolved_matmul_dtype("auto", avx2) == ("float32" if on_cpu else "bfloat16")
+    assert train.resolved_matmul_dtype("auto", tmp_path / "none") == ("float32" if on_cpu else "bfloat16")
+    assert train.resolved_matmul_dtype("bfloat16", avx2) == "bfloat16"
+    assert train.resolved_matmul_dtype("float32", amx) == "float32"
+    # The checkpoint (and so the bundle and the service) holds what "auto" chose, not "auto".
+    model, _, meta = checkpoint.load_checkpoint(base[1] / "checkpoints" / "best.msgpack")
+    assert meta["train_params"]["matmul_dtype"] == "auto"
+    assert model.matmul_dtype == train.resolved_matmul_dtype("auto")
+
+
 def test_a_diverging_run_stops_with_one_clear_line(tmp_path, data):
     with pytest.raises(train.NonFiniteLoss, match="lower learning_rate") as error:
         run(tmp_path, data, learning_rate=float("inf"))  # too large a step, as far as it goes

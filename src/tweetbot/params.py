@@ -92,7 +92,7 @@ class TrainParams:
     grad_clip: float = 5.0
     input_keep_prob: float = 1.0
     output_keep_prob: float = 1.0
-    matmul_dtype: Literal["float32", "bfloat16"] = "bfloat16"  # float32: exact, slower on a CPU
+    matmul_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bfloat16 where the chip computes it
     position_input: bool = False  # the first layer also reads where in its post each character stands
     max_steps: int = 1200
     time_budget_s: float | None = None  # stop at max_steps or after this many seconds, whichever is first

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -86,9 +87,24 @@ def build_model(params: TrainParams, vocab_size: int) -> CharRNN:
         cell=params.model,
         input_keep_prob=params.input_keep_prob,
         output_keep_prob=params.output_keep_prob,
-        matmul_dtype=params.matmul_dtype,
+        matmul_dtype=resolved_matmul_dtype(params.matmul_dtype),
         position_input=params.position_input,
     )
+
+
+def resolved_matmul_dtype(setting: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The matmul dtype `train.matmul_dtype` means here. "auto": bfloat16 on a GPU or TPU, or on a CPU with bf16
+    units (AVX-512 BF16, AMX), else float32: without them bfloat16 is converted in software, and on a Zen 3 EPYC
+    1,200 demo steps took 198 s in bfloat16 against 185 s in float32 (README, "Training")."""
+    if setting != "auto":
+        return setting
+    if jax.default_backend() != "cpu":
+        return "bfloat16"
+    try:
+        flags = cpuinfo.read_text()
+    except OSError:  # not Linux: no way to tell, and float32 is never the slow choice
+        return "float32"
+    return "bfloat16" if re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) else "float32"
 
 
 def make_optimizer(params: TrainParams) -> optax.GradientTransformation:
