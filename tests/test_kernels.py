@@ -82,6 +82,19 @@ def test_a_train_step_through_the_kernel_is_the_pure_jax_one():
 
 
 @needs_kernel
+def test_a_bfloat16_model_takes_the_kernel_only_where_onednn_computes_bfloat16():
+    """On a CPU without AVX-512 oneDNN refuses a bfloat16 LSTM: such a model trains the pure-JAX scan there."""
+    assert kernels.computes("float32")
+    model = train.build_model(TrainParams(rnn_size=256, num_layers=1, matmul_dtype="bfloat16"), vocab_size=20)
+    assert kernels.lstm_recurrence(model) is (kernels.lstm if kernels.computes("bfloat16") else None)
+    state = train.create_state(model, TrainParams(), seed=0)
+    tokens = np.random.default_rng(0).integers(0, 20, (8, 17)).astype(np.int32)
+    _, _, loss = train.make_train_step(model, seed=0)(state, model.initial_carry(8), tokens[:, :-1], tokens[:, 1:])
+    assert np.isfinite(loss)
+
+
+@needs_kernel
+@pytest.mark.skipif(not kernels.computes("bfloat16"), reason="oneDNN has no bfloat16 LSTM on this CPU")
 def test_bfloat16_matmuls_are_as_close_to_float32_as_the_pure_jax_ones():
     """bf16 inputs are rounded as the pure-JAX recurrence rounds them; only the order of the sums differs."""
     args = layer_inputs(16, 8, 32, 64)

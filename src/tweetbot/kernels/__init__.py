@@ -6,7 +6,7 @@ primitive (what PyTorch's nn.LSTM runs on a CPU), made from XLA through `jax.ffi
 It is used for an LSTM of at least FUSED_FROM units (below it the scan is the faster) on the CPU backend where
 `make kernels` (part of `make install`) built lstm_onednn.so, in float32 or with bfloat16 matmul inputs
 (matmul_dtype: x, h and the weights rounded, sums, the cell state and the gradients in float32, as the pure-JAX
-recurrence does); everywhere else, on a GPU too, training runs the pure-JAX scan of tweetbot.runtime.model
+recurrence does; bfloat16 only where oneDNN has it, a CPU with AVX-512: `computes`); everywhere else, on a GPU too, training runs the pure-JAX scan of tweetbot.runtime.model
 unchanged. The forward keeps oneDNN's workspace (the gates it computed) for the backward, joined to it by
 `jax.custom_vjp`.
 """
@@ -54,11 +54,18 @@ def available() -> bool:
     return jax.default_backend() == "cpu" and _library() is not None
 
 
+@functools.cache
+def computes(dtype: str) -> bool:
+    """Whether the kernel is available and oneDNN has an LSTM with `dtype` matmul inputs on this CPU: it has no
+    bfloat16 one without AVX-512 (a Zen 3 EPYC, say), where a bfloat16 model trains the pure-JAX scan."""
+    return available() and _library().tweetbot_lstm_workspace_bytes(16, 8, 32, 64, dtype == "bfloat16") >= 0
+
+
 def lstm_recurrence(model, *, any_size: bool = False):
     """The fused LSTM for `model` (a CharRNN) where it applies and is the faster, else None.
 
     `any_size`: wherever it applies, small models too (the benchmark and the tests compare the two paths)."""
-    if model.cell == "lstm" and (any_size or model.rnn_size >= FUSED_FROM) and available():
+    if model.cell == "lstm" and (any_size or model.rnn_size >= FUSED_FROM) and computes(model.matmul_dtype):
         return lstm
     return None
 
