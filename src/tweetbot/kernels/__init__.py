@@ -6,9 +6,9 @@ primitive (what PyTorch's nn.LSTM runs on a CPU), made from XLA through `jax.ffi
 It is used for an LSTM of at least FUSED_FROM units (below it the scan is the faster) on the CPU backend where
 `make kernels` (part of `make install`) built lstm_onednn.so, in float32 or with bfloat16 matmul inputs
 (matmul_dtype: x, h and the weights rounded, sums, the cell state and the gradients in float32, as the pure-JAX
-recurrence does; bfloat16 only where oneDNN has it, a CPU with AVX-512: `computes`); everywhere else, on a GPU too, training runs the pure-JAX scan of tweetbot.runtime.model
-unchanged. The forward keeps oneDNN's workspace (the gates it computed) for the backward, joined to it by
-`jax.custom_vjp`.
+recurrence does; bfloat16 only where oneDNN has it, a CPU with AVX-512: `computes`); everywhere else, on a GPU
+too, training runs the pure-JAX scan of tweetbot.runtime.model unchanged. The forward keeps oneDNN's workspace
+(the gates it computed) for the backward, joined to it by `jax.custom_vjp`.
 """
 
 from __future__ import annotations
