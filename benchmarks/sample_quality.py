@@ -64,6 +64,7 @@ BEFORE = {
     "output_keep_prob": 1.0,
     "matmul_dtype": "float32",
     "position_input": False,
+    "length_input": False,
     "max_steps": 1000,
 }
 
@@ -119,6 +120,12 @@ LEVERS = {
     ),
     "default position input": Lever({"position_input": True}, current=True),
     "default position input seed 1": Lever({"position_input": True, "seed": 1}, current=True),
+    # Told how many characters its post has left, the length drawn from the account's (sample.post_length).
+    "default length input": Lever({"length_input": True}, current=True),
+    "default length input seed 1": Lever({"length_input": True, "seed": 1}, current=True),
+    "default length input f32": Lever(F32 | {"length_input": True}, current=True),
+    "default length input same time": Lever({"length_input": True}, current=True, same_time=True),
+    "quality preset length input": Lever(QUALITY | {"length_input": True}, current=True),
     "quality preset": Lever(QUALITY, current=True),
     "quality preset keep 0.7": Lever(QUALITY | {"output_keep_prob": 0.7}, current=True),
     "quality preset 2000 steps": Lever(QUALITY | {"max_steps": 2000}, current=True),

@@ -28,7 +28,7 @@ from service.fairness import RateLimiter, held_refusals
 from service.observability import IN_FLIGHT, MODEL, observe_batch
 from service.settings import Settings
 from tweetbot.runtime import bundle
-from tweetbot.runtime.sample import BATCH_BUCKETS, MAX_SEED, Sampler, SampleRequest, bucket, check
+from tweetbot.runtime.sample import BATCH_BUCKETS, MAX_SEED, SampleRequest, bucket, check
 from tweetbot.runtime.vocab import RENDERED, render
 
 log = logging.getLogger("tweetbot.service")
@@ -67,7 +67,7 @@ class Bot:
         self.bundle = bundle.load(settings.bundle)
         self.vocab = self.bundle.vocab
         self.version = self.bundle.version
-        self.sampler = Sampler(self.bundle.model, self.bundle.variables, self.vocab)
+        self.sampler = self.bundle.sampler()
         self.batcher = ContinuousBatcher(
             Engine(self.sampler, slots=settings.max_batch),
             max_queue=settings.max_queue,

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -16,7 +17,7 @@ from tweetbot.params import ExportParams
 from tweetbot.runtime import bundle
 from tweetbot.runtime.errors import UserError
 from tweetbot.runtime.sample import Sampler, SampleRequest
-from tweetbot.runtime.vocab import EOS
+from tweetbot.runtime.vocab import EOS, UNK
 
 REPO = Path(__file__).resolve().parents[1]
 POSTS = [TEXT, "the lazy fox", "0123 #nasa", "quick quick brown dog"]
@@ -84,6 +85,35 @@ def test_a_model_that_beats_the_baseline_is_exported(tmp_path):
     assert exported.vocab == VOCAB
 
 
+def test_samples_start_from_the_state_after_the_training_posts(tmp_path):
+    """The bundle holds the state after reading the end of the training posts, and its samples start from it, as
+    a post in training starts after another one, where the zero state would start them out of place."""
+    best, processed = make_inputs(tmp_path, val_bpc=BASELINE - 1.0)
+    export.run(ExportParams(copy_samples=FEW), best, processed, tmp_path / "b")
+    exported = bundle.load(tmp_path / "b")
+    model, variables = exported.model, exported.variables
+    _, expected = model.apply(variables, train_tokens()[None, :-1], model.initial_carry(1))  # up to the last EOS
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), exported.start_carry, expected)
+    assert np.abs(exported.start_carry[0][1]).max() > 0.01  # not the zero state
+    # Greedy from that state, one step at a time, is what the bundle's sampler writes; from zeros it is not.
+    carry, token, greedy = exported.start_carry, EOS, []
+    for _ in range(40):
+        logits, carry = model.apply(variables, np.array([[token]]), carry)
+        token = int(np.argmax(_no_unk(logits[0, -1])))
+        if token == EOS:
+            break
+        greedy.append(token)
+    requests = [SampleRequest(temperature=0.0, max_length=40)]
+    assert exported.sampler().generate(requests) == [VOCAB.decode(greedy)]
+    assert Sampler(model, variables, exported.vocab).generate(requests) != [VOCAB.decode(greedy)]
+
+
+def _no_unk(logits) -> np.ndarray:
+    logits = np.array(logits)
+    logits[UNK] = -np.inf  # the sampler never writes the unknown symbol
+    return logits
+
+
 def test_a_model_no_better_than_the_baseline_is_refused_in_one_line(tmp_path):
     best, processed = make_inputs(tmp_path, val_bpc=BASELINE - 0.2)
     result = run_stage(tmp_path, best, processed)
@@ -104,14 +134,17 @@ def test_the_gate_follows_its_parameter(tmp_path):
 def test_a_model_that_recites_its_training_posts_is_refused_in_one_line(tmp_path):
     best, processed = make_inputs(tmp_path, val_bpc=BASELINE - 1.0)
     p = ExportParams(copy_samples=FEW)
-    # The training posts are what this model writes at the gate's seeds: whatever it samples, it copies.
-    model = tiny_model()
-    samples = Sampler(model, tiny_variables(model), VOCAB).generate(
+    # The training posts are what this model writes at the gate's seeds: whatever it samples, it copies. The posts
+    # after them fill the characters its start state is read from, so the samples do not change that state.
+    model, variables, last = tiny_model(), tiny_variables(tiny_model()), POSTS * 20
+    assert train_tokens(last).size > export.WARM_UP + 1
+    start = export.start_carry(model, variables, train_tokens(last))
+    samples = Sampler(model, variables, VOCAB, start).generate(
         [SampleRequest(temperature=p.copy_temperature, seed=seed) for seed in range(p.copy_samples)]
     )
     long_enough = sum(len(sample) >= 50 for sample in samples)
     assert 0 < long_enough < len(samples)
-    np.save(processed / "train.npy", train_tokens(POSTS + samples))
+    np.save(processed / "train.npy", train_tokens(samples + last))
     result = run_stage(tmp_path, best, processed)
     assert result.returncode == 2
     assert result.stderr.startswith(

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tweetbot.runtime.model import POSITION_STEP, CharRNN, lstm, post_positions
+from tweetbot.runtime.bundle import model_config
+from tweetbot.runtime.model import (
+    CHARS_LEFT_BUCKETS,
+    POSITION_STEP,
+    CharRNN,
+    chars_left_buckets,
+    from_config,
+    lstm,
+    post_positions,
+)
 from tweetbot.runtime.vocab import EOS
 
 VOCAB, BATCH, TIME = 11, 3, 7
@@ -96,6 +106,44 @@ def test_the_position_changes_the_output():
     late = (*late[:-1], jnp.full(BATCH, 10 * POSITION_STEP, jnp.int32))
     sequence = jnp.full((BATCH, 1), 4)
     assert not np.allclose(apply(model, variables, sequence, early)[0], apply(model, variables, sequence, late)[0])
+
+
+def length_model():
+    """A model that reads the characters left, with an embedding of them that is not its starting zeros."""
+    model = CharRNN(VOCAB, rnn_size=8, num_layers=2, length_quantiles=(3, 10, 40))
+    variables = jax.jit(model.init_variables)(jax.random.key(0))
+    embedding = variables["params"]["chars_left"]["embedding"]
+    variables["params"]["chars_left"]["embedding"] = jax.random.normal(jax.random.key(3), embedding.shape)
+    return model, variables
+
+
+def test_a_model_that_reads_lengths_needs_them_and_they_change_the_output():
+    model, variables = length_model()
+    sequence, carry = tokens(), model.initial_carry(BATCH)
+    with pytest.raises(ValueError, match="chars_left"):
+        model.apply(variables, sequence, carry)
+    few, _ = apply(model, variables, sequence, carry, chars_left=jnp.zeros_like(sequence))
+    many, _ = apply(model, variables, sequence, carry, chars_left=jnp.full_like(sequence, 200))
+    assert not np.allclose(few, many)
+    left = jnp.arange(TIME)[::-1][None].repeat(BATCH, 0)
+    whole, _ = apply(model, variables, sequence, carry, chars_left=left)
+    steps = []
+    for t in range(TIME):
+        logits, carry = apply(model, variables, sequence[:, t : t + 1], carry, chars_left=left[:, t : t + 1])
+        steps.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_chars_left_buckets_are_exact_near_the_end_then_coarse():
+    left = jnp.array([0, 1, 15, 16, 31, 32, 300, 5000])
+    np.testing.assert_array_equal(chars_left_buckets(left), [0, 1, 15, 16, 16, 17, 33, CHARS_LEFT_BUCKETS - 1])
+
+
+def test_a_config_from_json_builds_the_same_model():
+    model, _ = length_model()
+    config = json.loads(json.dumps(model_config(model)))  # a checkpoint's or a bundle's: lists, not tuples
+    assert from_config(config) == model and hash(from_config(config)) == hash(model)
+    assert from_config({"vocab_size": VOCAB}) == CharRNN(VOCAB)  # a config from before length_quantiles
 
 
 def test_carried_state_changes_the_output():

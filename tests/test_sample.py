@@ -14,41 +14,51 @@ from tweetbot import checkpoint
 from tweetbot.cli import app
 from tweetbot.runtime.errors import UserError
 from tweetbot.runtime.model import CharRNN
-from tweetbot.runtime.sample import Sampler, SampleRequest, filter_logits
+from tweetbot.runtime.sample import Sampler, SampleRequest, filter_logits, post_length
 from tweetbot.runtime.vocab import EOS, UNK, Vocab
 
 TEXT = "the quick brown fox jumps over the lazy dog. THE END!"
 
 
-def tiny_sampler(eos_bias: float = -4.0, position_input: bool = False) -> Sampler:
-    """A random 1-layer model; `eos_bias` on the head's EOS logit sets how soon samples end."""
+def tiny_sampler(eos_bias: float = -4.0, position_input: bool = False, length_input: bool = False) -> Sampler:
+    """A random 1-layer model; `eos_bias` on the head's EOS logit sets how soon samples end. With `length_input`
+    its posts are 20 to 40 characters long, so each seed asks for another length."""
     vocab = Vocab.build([TEXT])
-    model = CharRNN(len(vocab), rnn_size=16, num_layers=1, position_input=position_input)
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 1), jnp.int32), model.initial_carry(1))
+    lengths = tuple(range(20, 41, 5)) if length_input else ()
+    model = CharRNN(len(vocab), rnn_size=16, num_layers=1, position_input=position_input, length_quantiles=lengths)
+    variables = jax.jit(model.init_variables)(jax.random.key(0))
     # A random model is close to uniform; sharpen it so greedy and sampled texts differ clearly.
     variables = jax.tree.map(lambda w: 4 * w, variables)
     variables["params"]["head"]["bias"] = variables["params"]["head"]["bias"].at[EOS].set(eos_bias)
-    if position_input:  # it starts at zeros, which would read like no position at all
-        shape = variables["params"]["position"]["embedding"].shape
-        variables["params"]["position"]["embedding"] = jax.random.normal(jax.random.key(1), shape)
+    for name in ("position", "chars_left"):  # they start at zeros, which would read like no input at all
+        if name in variables["params"]:
+            shape = variables["params"][name]["embedding"].shape
+            variables["params"][name]["embedding"] = jax.random.normal(jax.random.key(1), shape)
     return Sampler(model, variables, vocab)
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["plain", "position_input"])
+@pytest.fixture(scope="module", params=["plain", "position_input", "length_input"])
 def sampler(request) -> Sampler:
-    return tiny_sampler(position_input=request.param)
+    return tiny_sampler(**({request.param: True} if request.param != "plain" else {}))
 
 
-def greedy_reference(sampler: Sampler, prime: str, length: int) -> str:
-    """Greedy decoding one model call at a time, as the module docstring defines it (UNK never written)."""
+def greedy_reference(sampler: Sampler, prime: str, length: int, seed: int = 0) -> str:
+    """Greedy decoding one model call at a time, as the module docstring defines it (UNK never written); a model
+    that reads lengths is told at step t that `post_length - t` characters are left."""
     apply = jax.jit(sampler.model.apply)
     carry = sampler.model.initial_carry(1)
+    request = SampleRequest(prime=prime, max_length=length, seed=seed)
+    post = post_length(sampler.model.length_quantiles, request) if sampler.model.reads_length else None
+
+    def chars_left(t: int):
+        return {"chars_left": jnp.array([[max(post - t, 0)]])} if post else {}
+
     token, out = EOS, []
-    for char in prime:
-        _, carry = apply(sampler.variables, jnp.array([[token]]), carry)
+    for t, char in enumerate(prime):
+        _, carry = apply(sampler.variables, jnp.array([[token]]), carry, **chars_left(t))
         token = sampler.vocab.index[char]
-    for _ in range(length):
-        logits, carry = apply(sampler.variables, jnp.array([[token]]), carry)
+    for t in range(len(prime), len(prime) + length):
+        logits, carry = apply(sampler.variables, jnp.array([[token]]), carry, **chars_left(t))
         token = int(jnp.argmax(logits[0, -1].at[UNK].set(-jnp.inf)))  # never UNK
         if token == EOS:
             break
@@ -57,14 +67,15 @@ def greedy_reference(sampler: Sampler, prime: str, length: int) -> str:
 
 
 def test_temperature_zero_is_greedy(sampler):
-    expected = greedy_reference(sampler, "the ", 40)
     texts = sampler.generate([SampleRequest(prime="the ", temperature=0.0, max_length=40, seed=s) for s in (1, 2)])
-    assert texts == [expected, expected]
-    assert len(expected) > 5  # the test means something only if greedy text goes on for a while
+    assert texts == [greedy_reference(sampler, "the ", 40, seed=s) for s in (1, 2)]
+    assert min(len(text) for text in texts) > 5  # the test means something only if greedy text goes on a while
+    if not sampler.model.reads_length:  # for a model that does, the seed chooses the post's length
+        assert texts[0] == texts[1]
 
 
 def test_top_k_one_is_greedy(sampler):
-    greedy = sampler.generate([SampleRequest(prime="fox", temperature=0.0, max_length=40)])
+    greedy = sampler.generate([SampleRequest(prime="fox", temperature=0.0, max_length=40, seed=7)])
     top1 = sampler.generate([SampleRequest(prime="fox", temperature=1.5, top_k=1, max_length=40, seed=7)])
     assert top1 == greedy
 
@@ -124,7 +135,9 @@ def test_eos_ends_every_row_and_the_stream():
 
 def test_sampling_follows_the_model_distribution(sampler):
     """The first character of 512 seeds against the model's softmax, and top-k keeps only the top k."""
-    logits, _ = sampler.model.apply(sampler.variables, jnp.array([[EOS]]), sampler.model.initial_carry(1))
+    # A model that reads lengths is told, at max_length 1, that one character is left.
+    chars_left = {"chars_left": jnp.array([[1]])} if sampler.model.reads_length else {}
+    logits, _ = sampler.model.apply(sampler.variables, jnp.array([[EOS]]), sampler.model.initial_carry(1), **chars_left)
     probs = np.asarray(jax.nn.softmax(logits[0, 0].at[UNK].set(-jnp.inf)))  # UNK is never drawn
     plain = {"temperature": 1.0, "top_p": 1.0}  # the model's own distribution, not the default sampling's
     texts = sampler.generate([SampleRequest(max_length=1, seed=seed, **plain) for seed in range(512)])
@@ -133,6 +146,46 @@ def test_sampling_follows_the_model_distribution(sampler):
     top3 = set(np.argsort(-probs)[:3])
     texts = sampler.generate([SampleRequest(max_length=1, top_k=3, seed=seed, **plain) for seed in range(64)])
     assert {EOS if t == "" else sampler.vocab.index[t] for t in texts} == top3
+
+
+def test_a_post_length_is_drawn_from_the_quantiles_and_fits_the_request():
+    quantiles = tuple(range(100, 421, 10))  # 33 quantiles: lengths spread evenly over 100..420
+    lengths = [post_length(quantiles, SampleRequest(seed=seed, max_length=1000)) for seed in range(2000)]
+    assert lengths == [post_length(quantiles, SampleRequest(seed=seed, max_length=1000)) for seed in range(2000)]
+    assert min(lengths) >= 100 and max(lengths) <= 420
+    assert abs(np.median(lengths) - 260) < 10 and abs(np.quantile(lengths, 0.25) - 180) < 10
+    primed = [post_length(quantiles, SampleRequest(prime="x" * 50, seed=seed, max_length=20)) for seed in range(50)]
+    assert set(primed) <= set(range(51, 71))  # longer than its prime, at most prime + max_length
+    longer = {post_length(quantiles, SampleRequest(prime="x" * 64, seed=seed)) for seed in range(200)}
+    assert min(longer) >= 100  # a short prime does not shorten the post
+
+
+def test_a_model_that_reads_lengths_writes_posts_of_the_lengths_it_draws():
+    """A model wired to end exactly when it is told no characters are left, and never otherwise, writes posts of
+    the lengths `post_length` draws: the sampler tells it the right count at every step."""
+    sampler = tiny_sampler(length_input=True)
+    params = jax.tree.map(np.array, sampler.variables["params"])
+    hidden = sampler.model.rnn_size
+    unit_0 = [0, hidden, 2 * hidden, 3 * hidden]  # hidden unit 0's gates i, f, g, o
+    # Unit 0 reads only input feature 0, which only "0 characters left" sets: then h_0 = tanh(1), else 0.
+    params["embed"]["embedding"][:, 0] = 0.0
+    params["chars_left"]["embedding"][:, 0] = 0.0
+    params["chars_left"]["embedding"][0, 0] = 100.0
+    params["w_x_0"][:, unit_0] = 0.0
+    params["w_x_0"][0, [0, 2 * hidden, 3 * hidden]] = 1.0
+    params["w_h_0"][:, unit_0] = 0.0
+    params["b_0"][unit_0] = [0.0, -100.0, 0.0, 0.0]  # no forget: unit 0 holds only the present step
+    # The EOS logit: -300, or +460 when unit 0 is on; unit 0 moves no other logit.
+    params["head"]["kernel"][0, :] = 0.0
+    params["head"]["kernel"][0, EOS] = 1000.0
+    params["head"]["bias"][EOS] = -300.0
+    wired = Sampler(sampler.model, {"params": jax.tree.map(jnp.asarray, params)}, sampler.vocab)
+    requests = [SampleRequest(seed=seed, max_length=200) for seed in range(8)]
+    requests += [SampleRequest(prime="the", seed=3, max_length=200), SampleRequest(seed=4, max_length=10)]
+    lengths = [post_length(sampler.model.length_quantiles, r) - len(r.prime) for r in requests]
+    assert len(set(lengths)) > 3 and lengths[-1] == 10  # the seeds ask for several lengths; max_length caps them
+    assert [len(text) for text in wired.generate(requests)] == lengths
+    assert ["".join(parts) for parts in zip(*wired.stream(requests[:4]), strict=True)] == wired.generate(requests[:4])
 
 
 def test_filter_logits_matches_a_plain_reference():

@@ -10,10 +10,10 @@ import pytest
 
 from tests.trainkit import tiny_params, write_data
 from tweetbot import checkpoint, train
-from tweetbot.input_pipeline import Lanes, eval_lanes
+from tweetbot.input_pipeline import LENGTH_QUANTILES, Lanes, chars_left, eval_lanes, length_quantiles
 from tweetbot.runtime.errors import UserError
 from tweetbot.runtime.model import CharRNN
-from tweetbot.runtime.vocab import Vocab
+from tweetbot.runtime.vocab import EOS, Vocab
 
 
 def test_lanes_are_contiguous_and_targets_are_the_next_character():
@@ -27,6 +27,32 @@ def test_lanes_are_contiguous_and_targets_are_the_next_character():
     np.testing.assert_array_equal(second[:, 0], first[:, -1] + 1)  # each row continues where it stopped
     np.testing.assert_array_equal(first[:, 0], [0, 249, 498, 747])  # rows start far apart in the stream
     np.testing.assert_array_equal(lanes.window(lanes.windows_per_epoch)[0], first)  # the next epoch
+
+
+def test_chars_left_counts_down_to_each_posts_end_and_lanes_cut_it_as_they_cut_the_tokens():
+    stream = np.array([5, 6, 7, EOS, 8, EOS, EOS, 9, 9, 4, EOS, 3, 3])
+    np.testing.assert_array_equal(chars_left(stream), [2, 1, 0, 1, 0, 0, 3, 2, 1, 0, 2, 1, 0])
+    assert chars_left(stream)[stream == EOS].tolist() == [1, 0, 3, 2]  # after an EOS: the next post's length
+    tokens = np.tile(stream, 20)
+    lanes = Lanes(tokens, lanes=3, seq_length=4, with_chars_left=True)
+    left = chars_left(tokens)
+    for k in range(lanes.windows_per_epoch):
+        inputs, targets, window_left = lanes.window(k)
+        np.testing.assert_array_equal(window_left == 0, targets == EOS)  # 0 left: the next character is EOS
+        for row in range(3):
+            start = row * ((len(tokens) - 1) // 3) + k * 4
+            np.testing.assert_array_equal(window_left[row], left[start : start + 4])
+    assert len(lanes.all_windows()) == 3 and len(Lanes(tokens, 3, 4).all_windows()) == 2
+
+
+def test_length_quantiles_are_the_posts_lengths():
+    lengths = np.arange(1, 101)  # posts of 1..100 characters, each followed by EOS
+    stream = np.concatenate([np.append(np.full(n, 7), EOS) for n in np.random.default_rng(0).permutation(lengths)])
+    quantiles = length_quantiles(stream)
+    assert len(quantiles) == LENGTH_QUANTILES and quantiles[0] == 1 and quantiles[-1] == 100
+    assert abs(quantiles[LENGTH_QUANTILES // 2] - 50) <= 1
+    with pytest.raises(UserError, match="no whole post"):
+        length_quantiles(np.array([4, 5, 6]))
 
 
 def test_a_split_too_small_for_the_lanes_is_a_clear_error():
@@ -161,6 +187,20 @@ def test_a_model_with_position_input_fine_tunes_one_without_it(tmp_path, data):
     assert tuned["val_loss"] < before["val_loss"] + 0.05
     model, _, _ = checkpoint.load_checkpoint(out / "checkpoints" / "best.msgpack")
     assert model.position_input
+
+
+def test_a_model_with_length_input_keeps_its_posts_lengths_and_fine_tunes_one_without_it(tmp_path, base, data):
+    metrics, out = run(tmp_path / "length", data, length_input=True)
+    model, variables, _ = checkpoint.load_checkpoint(out / "checkpoints" / "best.msgpack")
+    assert model.length_quantiles == length_quantiles(np.load(data / "train.npy"))
+    assert np.abs(variables["params"]["chars_left"]["embedding"]).max() > 0  # it learned to read them
+    assert metrics["val_loss"] < base[0]["val_loss"]  # knowing where a post ends helps to predict it
+    assert train.score(out / "checkpoints" / "best.msgpack", np.load(data / "val.npy")) == pytest.approx(
+        metrics["best_val_loss"], rel=1e-5
+    )
+    best = base[1] / "checkpoints" / "best.msgpack"
+    tuned, _ = run(tmp_path / "tuned", data, init_from=str(best), max_steps=10, learning_rate=0.001, length_input=True)
+    assert tuned["val_loss"] < base[0]["val_loss"] + 0.05  # the trained weights, reading no length at first
 
 
 def test_auto_matmul_dtype_is_bfloat16_only_where_the_chip_has_bf16_units(tmp_path, base):

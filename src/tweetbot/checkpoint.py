@@ -24,7 +24,7 @@ from flax import serialization
 
 from tweetbot import atomic
 from tweetbot.runtime.errors import UserError
-from tweetbot.runtime.model import CharRNN
+from tweetbot.runtime.model import CharRNN, from_config
 from tweetbot.runtime.vocab import SPECIALS, UNK, Vocab
 
 BEST = "best.msgpack"
@@ -64,7 +64,7 @@ def load_checkpoint(path: Path | str) -> tuple[CharRNN, dict, dict]:
     """
     record = read(Path(path))
     meta = record["meta"]
-    model = CharRNN(**meta["model"])
+    model = from_config(meta["model"])
     variables = {"params": jax.tree.map(jax.numpy.asarray, record["params"])}
     return model, variables, meta
 

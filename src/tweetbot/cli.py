@@ -36,14 +36,19 @@ def sample(
     vocab: Path = typer.Option(VOCAB, help="the vocabulary it was trained with"),
 ) -> None:
     """Print samples from the best checkpoint, each followed by an empty line."""
+    import numpy as np
+
     from tweetbot.checkpoint import load_checkpoint
+    from tweetbot.export import start_carry
     from tweetbot.runtime.sample import Sampler, SampleRequest
     from tweetbot.runtime.vocab import Vocab, render
 
     model, variables, _ = load_checkpoint(checkpoint)
     if not vocab.is_file():
         raise UserError(f"no vocabulary at {vocab}: run `dvc repro preprocess` or pass --vocab")
-    sampler = Sampler(model, variables, Vocab.load(vocab))
+    train_tokens = vocab.with_name("train.npy")  # the posts it was trained on, beside their vocabulary
+    start = start_carry(model, variables, np.load(train_tokens)) if train_tokens.is_file() else None
+    sampler = Sampler(model, variables, Vocab.load(vocab), start)
     requests = [SampleRequest(prime, temperature, top_k, top_p, length, seed + i) for i in range(n)]
     for text in sampler.generate(requests):
         typer.echo(render(prime + text) + "\n")  # link and mention tokens as people read them

@@ -132,7 +132,7 @@ def run(params: EvaluateParams, bundle_dir: Path, processed: Path, out: Path) ->
     train_posts = decode_posts(train_tokens, exported.vocab)
     val_posts = decode_posts(np.load(processed / "val.npy"), exported.vocab)
 
-    samples = draw(Sampler(exported.model, exported.variables, exported.vocab), params)
+    samples = draw(exported.sampler(), params)
     metrics = measure(samples, train_posts, val_posts, TrainingRuns(train_tokens), exported.vocab, params.max_length)
 
     out = Path(out)

@@ -18,8 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
+from tweetbot import input_pipeline
 from tweetbot.checkpoint import load_checkpoint
 from tweetbot.copies import RUN, TrainingRuns, copy_rate
 from tweetbot.params import ExportParams
@@ -27,6 +29,7 @@ from tweetbot.runtime import bundle
 from tweetbot.runtime.errors import UserError
 from tweetbot.runtime.model import CharRNN
 from tweetbot.runtime.sample import Sampler, SampleRequest
+from tweetbot.runtime.sampling import TOP_P
 from tweetbot.runtime.vocab import EOS, Vocab, render
 
 
@@ -89,10 +92,27 @@ def export_model(
     manifest)."""
     stats = data_statistics(train_tokens, vocab)
     check_quality(val_bpc, stats["unigram_bpc"], params)
-    rate = check_copies(Sampler(model, variables, vocab), train_tokens, params)
+    start = start_carry(model, variables, train_tokens)
+    rate = check_copies(Sampler(model, variables, vocab, start), train_tokens, params)
     metrics = {**metrics, "val_bpc": val_bpc, "improvement_bpc": round(stats["unigram_bpc"] - val_bpc, 4)}
     metrics["copy_rate"] = round(rate, 4)
-    return bundle.write(out, model, variables, vocab, metrics=metrics, train_params=train_params, data_stats=stats)
+    return bundle.write(
+        out, model, variables, vocab, metrics=metrics, train_params=train_params, data_stats=stats, start_carry=start
+    )
+
+
+WARM_UP = 1000  # characters of the training posts read into the start state
+
+
+def start_carry(model: CharRNN, variables: dict, train_tokens: np.ndarray):
+    """The state every sample starts from: the model's after reading the last WARM_UP characters of the training
+    posts, up to the last post's final EOS, which each sample reads first. So a sample starts as a post does in
+    training, after another post, not from the zero state training hardly ever sees (runtime.sample)."""
+    tokens = np.asarray(train_tokens, np.int32)[-WARM_UP - 1 : -1]
+    chars_left = {"chars_left": input_pipeline.chars_left(train_tokens)[-WARM_UP - 1 : -1][None]}
+    apply = jax.jit(model.apply)
+    _, carry = apply(variables, tokens[None], model.initial_carry(1), **(chars_left if model.reads_length else {}))
+    return jax.device_get(carry)
 
 
 # What the bundle's manifest keeps of the checkpoint's record (src/tweetbot/checkpoint.py).
@@ -131,12 +151,12 @@ def summary(out: Path, n: int = 3, temperature: float = 0.8) -> str:
     """The exported model in a few lines: its version and quality, `n` samples, and how to serve it."""
     exported = bundle.load(out)
     metrics, data = exported.manifest["metrics"], exported.manifest["data"]
-    sampler = Sampler(exported.model, exported.variables, exported.vocab)
+    sampler = exported.sampler()
     texts = sampler.generate([SampleRequest(temperature=temperature, seed=seed) for seed in range(n)])
     lines = [
         f"Exported model {exported.version} ({out}): {metrics['val_bpc']:.3f} bits/char on validation, "
         f"{metrics['improvement_bpc']:.3f} better than the unigram baseline ({data['unigram_bpc']:.3f}).",
-        f"Samples (temperature {temperature}):",
+        f"Samples (temperature {temperature}, top-p {TOP_P}):",
         *("  " + render(text).replace("\n", "\n  ") for text in texts),  # link symbols as the service shows them
         "Serve it: `make serve`, then `curl localhost:8080/` (the web page: http://localhost:8080/app).",
     ]

@@ -94,6 +94,7 @@ class TrainParams:
     output_keep_prob: float = 1.0
     matmul_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bfloat16 where the chip computes it
     position_input: bool = False  # the first layer also reads where in its post each character stands
+    length_input: bool = True  # the first layer also reads how many characters its post has left
     max_steps: int = 1200
     time_budget_s: float | None = None  # stop at max_steps or after this many seconds, whichever is first
     eval_every: int = 100
@@ -113,7 +114,7 @@ class ExportParams:
 class EvaluateParams:
     samples: int = 256  # sample i is drawn with seed `seed + i`: the same model always gets the same figures
     temperature: float = 0.8  # and top_p: the service's default (tweetbot.runtime.sampling; a test holds them equal)
-    top_p: float = 0.75
+    top_p: float = 0.6
     max_length: int = 280  # the cap; a sample that ends before it ended by itself
     seed: int = 0
 

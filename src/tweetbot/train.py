@@ -33,8 +33,9 @@ from flax.training.train_state import TrainState
 from tqdm import tqdm
 
 from tweetbot import atomic, checkpoint, kernels
-from tweetbot.input_pipeline import Lanes, eval_lanes
+from tweetbot.input_pipeline import Lanes, eval_lanes, length_quantiles
 from tweetbot.params import TrainParams
+from tweetbot.runtime.bundle import model_config
 from tweetbot.runtime.errors import UserError
 from tweetbot.runtime.model import CharRNN
 from tweetbot.runtime.vocab import Vocab
@@ -79,7 +80,10 @@ class Progress:
         return best
 
 
-def build_model(params: TrainParams, vocab_size: int) -> CharRNN:
+def build_model(params: TrainParams, vocab_size: int, train_tokens: np.ndarray | None = None) -> CharRNN:
+    """The model `params` describes; with `length_input`, it keeps the lengths of the posts of `train_tokens`."""
+    if params.length_input and train_tokens is None:
+        raise ValueError("a model with length_input keeps its training posts' lengths: pass train_tokens")
     return CharRNN(
         vocab_size=vocab_size,
         rnn_size=params.rnn_size,
@@ -89,6 +93,7 @@ def build_model(params: TrainParams, vocab_size: int) -> CharRNN:
         output_keep_prob=params.output_keep_prob,
         matmul_dtype=resolved_matmul_dtype(params.matmul_dtype),
         position_input=params.position_input,
+        length_quantiles=length_quantiles(train_tokens) if params.length_input else (),
     )
 
 
@@ -114,8 +119,7 @@ def make_optimizer(params: TrainParams) -> optax.GradientTransformation:
 
 
 def create_state(model: CharRNN, params: TrainParams, seed: int) -> TrainState:
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    variables = model.init(jax.random.key(seed), tokens, model.initial_carry(1))
+    variables = model.init_variables(jax.random.key(seed))
     state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=make_optimizer(params))
     return state.replace(step=jnp.asarray(0, jnp.int32))  # an array, as every later step is
 
@@ -128,7 +132,8 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 def make_train_step(model: CharRNN, seed: int, fused: bool | None = None):
     """One jitted function: forward, loss, gradients, clipping, optimizer update.
 
-    `train_step(state, carry, inputs, targets) -> (state, carry, loss)`; the carry returned is the recurrent
+    `train_step(state, carry, inputs, targets[, chars_left]) -> (state, carry, loss)` (chars_left: a model that
+    reads its posts' lengths, input_pipeline.Lanes); the carry returned is the recurrent
     state at the end of the window (no gradient flows through it into the next window: truncated BPTT).
     On a CPU an LSTM trains through the fused oneDNN kernel where it is built and pays (tweetbot.kernels);
     `fused=True` takes it at any size, `fused=False` keeps the pure-JAX recurrence (the benchmark compares them).
@@ -137,12 +142,18 @@ def make_train_step(model: CharRNN, seed: int, fused: bool | None = None):
     recurrence = None if fused is False else kernels.lstm_recurrence(model, any_size=bool(fused))
     extra = {"recurrence": recurrence} if recurrence else {}  # the model's own recurrence otherwise
 
-    def train_step(state: TrainState, carry, inputs, targets):
+    def train_step(state: TrainState, carry, inputs, targets, chars_left=None):
         dropout_key = jax.random.fold_in(dropout_base, state.step)  # same key for the same step, on resume too
 
         def loss_fn(params):
             logits, new_carry = state.apply_fn(
-                {"params": params}, inputs, carry, train=True, rngs={"dropout": dropout_key}, **extra
+                {"params": params},
+                inputs,
+                carry,
+                train=True,
+                rngs={"dropout": dropout_key},
+                chars_left=chars_left,
+                **extra,
             )
             return cross_entropy(logits, targets), new_carry
 
@@ -153,15 +164,17 @@ def make_train_step(model: CharRNN, seed: int, fused: bool | None = None):
 
 
 def make_evaluate(model: CharRNN):
-    """`evaluate(params, inputs, targets) -> mean loss (nats/char)` over stacked windows [W, B, T], carrying
-    the state from window to window as training does."""
+    """`evaluate(params, inputs, targets[, chars_left]) -> mean loss (nats/char)` over stacked windows [W, B, T]
+    (Lanes.all_windows), carrying the state from window to window as training does."""
 
-    def evaluate(params, inputs, targets):
+    def evaluate(params, inputs, targets, chars_left=None):
         def window(carry, batch):
-            logits, carry = model.apply({"params": params}, batch[0], carry, train=False)
-            return carry, cross_entropy(logits, batch[1])
+            inputs, targets, chars_left = batch
+            logits, carry = model.apply({"params": params}, inputs, carry, train=False, chars_left=chars_left)
+            return carry, cross_entropy(logits, targets)
 
-        _, losses = jax.lax.scan(window, model.initial_carry(inputs.shape[1]), (inputs, targets))
+        batches = (inputs, targets, chars_left)
+        _, losses = jax.lax.scan(window, model.initial_carry(inputs.shape[1]), batches)
         return losses.mean()
 
     return jax.jit(evaluate)
@@ -171,7 +184,7 @@ def score(checkpoint_path: Path, ids: np.ndarray) -> float:
     """Mean loss (nats/char) of a checkpoint on the token ids `ids`, scored as training scores its val split."""
     model, variables, meta = checkpoint.load_checkpoint(checkpoint_path)
     batch_size, seq_length = meta["train_params"]["batch_size"], meta["train_params"]["seq_length"]
-    lanes = eval_lanes(ids.astype(np.int32), batch_size, seq_length)
+    lanes = eval_lanes(ids.astype(np.int32), batch_size, seq_length, with_chars_left=model.reads_length)
     return float(make_evaluate(model)(variables["params"], *lanes.all_windows()))
 
 
@@ -189,15 +202,18 @@ def run(params: TrainParams, data_dir: Path, checkpoint_dir: Path, live_dir: Pat
     data_dir, checkpoint_dir, live_dir = Path(data_dir), Path(checkpoint_dir), Path(live_dir)
     vocab = Vocab.load(data_dir / "vocab.json")
     vocab_size = len(vocab)
-    lanes = Lanes(load_split(data_dir, "train"), params.batch_size, params.seq_length)
-    val = eval_lanes(load_split(data_dir, "val"), params.batch_size, params.seq_length).all_windows()
+    train_tokens = load_split(data_dir, "train")
+    model = build_model(params, vocab_size, train_tokens)
+    with_chars_left = model.reads_length
+    lanes = Lanes(train_tokens, params.batch_size, params.seq_length, with_chars_left=with_chars_left)
+    val_tokens = load_split(data_dir, "val")
+    val = eval_lanes(val_tokens, params.batch_size, params.seq_length, with_chars_left=with_chars_left).all_windows()
 
-    model = build_model(params, vocab_size)
     state = create_state(model, params, params.seed)
     if params.init_from:
         state = state.replace(params=_fine_tune_start(Path(params.init_from), state.params, vocab))
     carry = model.initial_carry(params.batch_size)
-    run_identity = {"model": _fields(model), "train_params": dataclasses.asdict(params), "vocab_size": vocab_size}
+    run_identity = {"model": model_config(model), "train_params": dataclasses.asdict(params), "vocab_size": vocab_size}
     run_identity["data_hash"] = _fingerprint(data_dir)
     progress = Progress()
 
@@ -306,11 +322,6 @@ def _out_of_time(params: TrainParams, seconds: float) -> bool:
     return params.time_budget_s is not None and seconds >= params.time_budget_s
 
 
-def _fields(model: CharRNN) -> dict:
-    """The CharRNN fields, to rebuild the model from a checkpoint."""
-    return {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in ("parent", "name")}
-
-
 def _fingerprint(data_dir: Path) -> str:
     """A hash of the data trained on: new posts mean a new run, not the resumption of an old one."""
     digest = hashlib.sha256()
@@ -351,8 +362,9 @@ def _fine_tune_start(path: Path, fresh_params, vocab: Vocab):
         record = checkpoint.remapped(record, Vocab(record["meta"]["vocab"]), vocab)
     shapes = jax.tree.map(np.shape, fresh_params)
     weights = dict(record["params"])
-    if "position" in fresh_params and "position" not in weights:  # a model from before train.position_input
-        weights["position"] = jax.tree.map(np.asarray, fresh_params["position"])  # zeros: it reads as before
+    for name in ("position", "chars_left"):  # a model from before train.position_input or train.length_input
+        if name in fresh_params and name not in weights:
+            weights[name] = jax.tree.map(np.asarray, fresh_params[name])  # zeros: it reads as before
     try:
         loaded = checkpoint.restore(fresh_params, weights)
     except (KeyError, ValueError):

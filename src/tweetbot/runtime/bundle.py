@@ -1,7 +1,8 @@
 """The exported bundle: everything the service needs to generate, and nothing else.
 
 A bundle is one folder (`models/export/` by default):
-    weights.msgpack   the model variables, `flax.serialization.to_bytes` (portable msgpack, no pickle)
+    weights.msgpack   the model variables and the samplers' start state (`start_carry`, absent in bundles from
+                      before it), `flax.serialization.to_bytes` (portable msgpack, no pickle)
     vocab.json        the character vocabulary (`Vocab.save`)
     manifest.json     format version, model version, model config, metrics, train params, data statistics,
                       creation info and the sha256 of each file above
@@ -26,11 +27,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import serialization
 
 from tweetbot.runtime.errors import UserError
-from tweetbot.runtime.model import CharRNN
+from tweetbot.runtime.model import CharRNN, from_config
 from tweetbot.runtime.paths import BUNDLE
+from tweetbot.runtime.sample import Sampler
 from tweetbot.runtime.vocab import Vocab
 
 FORMAT_VERSION = 1
@@ -49,15 +52,20 @@ class Bundle:
     variables: dict
     vocab: Vocab
     manifest: dict
+    start_carry: tuple | None = None  # the state every sample starts from (None: zeros)
 
     @property
     def version(self) -> str:
         return self.manifest["version"]
 
+    def sampler(self) -> Sampler:
+        return Sampler(self.model, self.variables, self.vocab, self.start_carry)
+
 
 def model_config(model: CharRNN) -> dict[str, Any]:
-    """The constructor arguments of `model`, enough to build it again."""
-    return {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in ("parent", "name")}
+    """The constructor arguments of `model`, enough to build it again (`model.from_config`), as JSON has them."""
+    config = {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in ("parent", "name")}
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in config.items()}
 
 
 def write(
@@ -69,13 +77,15 @@ def write(
     metrics: dict[str, Any],
     train_params: dict[str, Any],
     data_stats: dict[str, Any],
+    start_carry=None,
 ) -> dict:
     """Write the bundle into `out_dir` (created; an older bundle's files replaced); return its manifest."""
     if model.vocab_size != len(vocab):
         raise ValueError(f"model vocab_size {model.vocab_size} differs from the vocabulary's {len(vocab)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    weights = serialization.to_bytes(jax.device_get(variables))
+    stored = variables if start_carry is None else {**variables, "start_carry": start_carry}
+    weights = serialization.to_bytes(jax.device_get(stored))
     vocab_text = json.dumps(vocab.to_json(), ensure_ascii=False, indent=1) + "\n"
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -116,25 +126,30 @@ def load(path: Path = BUNDLE) -> Bundle:
             if _sha256(blob) != manifest["files"][name]:
                 raise BundleError(f"bundle {path}: {name} does not match its manifest hash: {fix} again")
         vocab = Vocab.from_json(json.loads(blobs[VOCAB]))
-        model = CharRNN(**manifest["model"])
+        model = from_config(manifest["model"])
         variables = serialization.msgpack_restore(blobs[WEIGHTS])
+        start_carry = variables.pop("start_carry", None)
+        if start_carry is not None:
+            start_carry = serialization.from_state_dict(jax.device_get(model.initial_carry(1)), start_carry)
     except BundleError:
         raise
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise BundleError(f"bundle {path} is unreadable ({type(error).__name__}: {error}): {fix} again") from None
-    _check_shapes(path, model, variables, vocab)
-    return Bundle(model=model, variables=jax.tree_util.tree_map(jnp.asarray, variables), vocab=vocab, manifest=manifest)
+    _check_shapes(path, model, variables, vocab, start_carry)
+    variables = jax.tree_util.tree_map(jnp.asarray, variables)
+    return Bundle(model=model, variables=variables, vocab=vocab, manifest=manifest, start_carry=start_carry)
 
 
-def _check_shapes(path: Path, model: CharRNN, variables: dict, vocab: Vocab) -> None:
-    """The weights must have exactly the structure and shapes the manifest's model config builds."""
+def _check_shapes(path: Path, model: CharRNN, variables: dict, vocab: Vocab, start_carry) -> None:
+    """The weights (and the start state) must have exactly the structure and shapes the manifest's model config
+    builds."""
     if model.vocab_size != len(vocab):
         raise BundleError(f"bundle {path}: model vocab_size {model.vocab_size} != vocabulary size {len(vocab)}")
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    expected = jax.eval_shape(model.init, jax.random.key(0), tokens, model.initial_carry(1))
+    expected = jax.eval_shape(model.init_variables, jax.random.key(0))
     shapes = jax.tree_util.tree_map(lambda x: tuple(x.shape), expected)
     found = jax.tree_util.tree_map(lambda x: tuple(getattr(x, "shape", ())), variables)
-    if shapes != found:
+    carry = jax.tree_util.tree_map(np.shape, model.initial_carry(1))
+    if shapes != found or (start_carry is not None and jax.tree_util.tree_map(np.shape, start_carry) != carry):
         raise BundleError(f"bundle {path}: the weights do not fit the model in its manifest: re-export it")
 
 

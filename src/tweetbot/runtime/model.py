@@ -2,8 +2,9 @@
 
 Contract used by training, the sampler and the service:
     model = CharRNN(vocab_size, rnn_size, num_layers, cell)
-    logits, carry = model.apply(variables, tokens[B, T], carry, train=False)
+    logits, carry = model.apply(variables, tokens[B, T], carry, train=False)   # + chars_left=[B, T]: below
     carry = model.initial_carry(batch_size)   # zeros; a pytree, one entry per layer (and the position)
+    model = from_config(config)               # the model a checkpoint's or a bundle's config describes
 `recurrence=` (optional) runs each layer through another function with the contract of RECURRENCES below: training
 on a CPU passes the fused oneDNN LSTM of tweetbot.kernels (pipeline side; the runtime never imports it).
 Dropout follows char-rnn-tensorflow: `input_keep_prob` on each layer's input, `output_keep_prob` on each
@@ -13,6 +14,11 @@ With `position_input` the first layer's input also holds an embedding of where t
 (characters since the last EOS, in buckets of POSITION_STEP): a window of truncated BPTT is shorter than a post,
 so without it the model has to count to 250 in its state to know when a post is long enough to end, and samples
 ran on to the length cap. The position is then part of the carry, after the layers'.
+
+With `length_quantiles` (the training posts' lengths, a table of quantiles) the first layer also reads how many
+characters are left to write before the post ends, `chars_left` [B, T] (0: the next token is EOS): the model is
+told how long a post it writes. Training reads it off the data (input_pipeline.chars_left); the sampler draws each
+sample's length from the table, so samples are as long as the account's posts and end by themselves.
 
 Why the LSTM is not `nn.RNN(OptimizedLSTMCell)`: it has a hand-written backward pass (`jax.custom_vjp`). The
 reverse loop then holds one matmul per step, `dz_t @ W_h^T`, and the weight and input gradients are each one
@@ -37,6 +43,9 @@ Cell = Literal["lstm", "gru", "rnn"]
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # how many [H]-wide blocks the input projection has
 POSITION_STEP = 8  # characters per position bucket
 POSITION_BUCKETS = 40  # positions 0..319 each have a bucket; later ones share the last
+EXACT_CHARS_LEFT = 16  # each of 0..15 characters left has a bucket of its own: a post's last word is planned
+CHARS_LEFT_STEP = 16  # then buckets of 16 characters
+CHARS_LEFT_BUCKETS = 37  # 16 exact, 21 of 16 characters: up to 351 left; more share the last
 
 
 class CharRNN(nn.Module):
@@ -48,6 +57,12 @@ class CharRNN(nn.Module):
     output_keep_prob: float = 1.0
     matmul_dtype: str = "float32"  # "bfloat16": matmul inputs rounded to bfloat16, sums and state in float32
     position_input: bool = False  # False for models from before it existed
+    length_quantiles: tuple[int, ...] = ()  # quantiles of the training posts' lengths; (): no length input
+
+    @property
+    def reads_length(self) -> bool:
+        """Whether the model reads `chars_left`."""
+        return bool(self.length_quantiles)
 
     def initial_carry(self, batch_size: int):
         """Zero state for every layer: (c, h) for an LSTM, h for a GRU or a vanilla RNN; then, with
@@ -57,8 +72,14 @@ class CharRNN(nn.Module):
         position = (jnp.zeros((batch_size,), jnp.int32),) if self.position_input else ()
         return tuple(layer for _ in range(self.num_layers)) + position
 
+    def init_variables(self, key: jax.Array) -> dict:
+        """Fresh variables (`model.init` on a one-token batch)."""
+        tokens = jnp.zeros((1, 1), jnp.int32)
+        chars_left = {"chars_left": tokens} if self.reads_length else {}
+        return self.init(key, tokens, self.initial_carry(1), **chars_left)
+
     @nn.compact
-    def __call__(self, tokens: jax.Array, carry, train: bool = False, recurrence=None):
+    def __call__(self, tokens: jax.Array, carry, train: bool = False, recurrence=None, chars_left=None):
         hidden, width = self.rnn_size, GATES[self.cell] * self.rnn_size
         recurrence = recurrence or RECURRENCES[self.cell]
         x = nn.Embed(self.vocab_size, hidden, name="embed")(tokens.T)  # time-major: [T, B, H]
@@ -69,6 +90,11 @@ class CharRNN(nn.Module):
             # Zeros at first: a fresh model starts as one without it, and fine-tunes a checkpoint without it.
             position = nn.Embed(POSITION_BUCKETS, hidden, embedding_init=nn.initializers.zeros, name="position")
             x = x + position(buckets.T)
+        if self.reads_length:
+            if chars_left is None:
+                raise ValueError("this model reads how many characters are left (length_quantiles): pass chars_left")
+            left = nn.Embed(CHARS_LEFT_BUCKETS, hidden, embedding_init=nn.initializers.zeros, name="chars_left")
+            x = x + left(chars_left_buckets(chars_left).T)
         for layer in range(self.num_layers):
             x = nn.Dropout(1.0 - self.input_keep_prob, deterministic=not train)(x)
             w_x = self.param(f"w_x_{layer}", nn.initializers.lecun_normal(), (x.shape[-1], width))
@@ -90,6 +116,17 @@ def post_positions(tokens: jax.Array, start: jax.Array) -> jax.Array:
     t = jnp.arange(tokens.shape[1])
     last_eos = jax.lax.cummax(jnp.where(tokens == EOS, t, -1), axis=1)
     return jnp.where(last_eos >= 0, t - last_eos, start[:, None] + t + 1)
+
+
+def chars_left_buckets(chars_left: jax.Array) -> jax.Array:
+    """The embedding row of each count of characters left: exact below EXACT_CHARS_LEFT, then coarser."""
+    coarse = EXACT_CHARS_LEFT + (chars_left - EXACT_CHARS_LEFT) // CHARS_LEFT_STEP
+    return jnp.clip(jnp.where(chars_left < EXACT_CHARS_LEFT, chars_left, coarse), 0, CHARS_LEFT_BUCKETS - 1)
+
+
+def from_config(config: dict) -> CharRNN:
+    """The model a config of `CharRNN`'s fields describes (JSON's lists back to the tuples a module hashes)."""
+    return CharRNN(**{**config, "length_quantiles": tuple(config.get("length_quantiles", ()))})
 
 
 def _bias_init(cell: Cell):

@@ -6,6 +6,14 @@ on its batch-mates or on when it joined them: alone, batched, streamed or in the
 Compiled shapes depend only on the batch size, padded to a power of two, so each size compiles once (`warmup`):
 the chunk program advances every row STREAM_CHUNK steps, and the one-shot program repeats it until every row has
 ended, so a batch of short posts stops early and no length needs a program of its own.
+
+A model that reads how long its post is (CharRNN.length_quantiles) writes, for each row, a post of a length drawn
+from its training posts' lengths (`post_length`: from the row's seed, longer than its prime, at most its prime and
+`max_length`), and is told at each step how many characters are left; it ends the post by itself.
+
+Every row starts from the bundle's start state (`start_carry`: the state after reading real posts, export's
+`start_carry`), not from zeros: training rarely sees a zero state (only at an epoch's start; every other post
+follows another), and from zeros a model wrote garbled first words ("Asteres", "ISpace"), 2 points of real words.
 """
 
 from __future__ import annotations
@@ -84,7 +92,8 @@ def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.
 
 @dataclass(frozen=True)
 class Rows:
-    """Each row's settings [B] and its prime [B, PRIME_BUCKET] (ids from column 0; the rest is never read)."""
+    """Each row's settings [B] and its prime [B, PRIME_BUCKET] (ids from column 0; the rest is never read);
+    `length`: the characters of the post it writes, prime included (read by a model that reads lengths)."""
 
     prime: jax.Array
     prime_len: jax.Array
@@ -93,6 +102,7 @@ class Rows:
     top_k: jax.Array
     top_p: jax.Array
     seed: jax.Array
+    length: jax.Array
 
 
 @dataclass(frozen=True)
@@ -107,7 +117,7 @@ class State:
 
 jax.tree_util.register_dataclass(
     Rows,
-    data_fields=["prime", "prime_len", "max_length", "temperature", "top_k", "top_p", "seed"],
+    data_fields=["prime", "prime_len", "max_length", "temperature", "top_k", "top_p", "seed", "length"],
     meta_fields=[],
 )
 jax.tree_util.register_dataclass(State, data_fields=["carry", "token", "t", "finished"], meta_fields=[])
@@ -148,6 +158,17 @@ def draw(logits: jax.Array, uniform: jax.Array, rows: Rows) -> jax.Array:
     return jnp.where(rows.temperature < GREEDY_BELOW, greedy, drawn).astype(jnp.int32)
 
 
+def post_length(quantiles: Sequence[int], request: SampleRequest) -> int:
+    """The length, prime included, of the post a model with these length quantiles writes for `request`: drawn from
+    the seed, by inverse CDF of the quantiles, among the lengths longer than the prime (a prime of 100 characters
+    asks for a post of more than 100), then capped at the prime and `max_length`."""
+    levels = np.linspace(0, 1, len(quantiles))
+    shortest = float(np.interp(len(request.prime), quantiles, levels, right=1.0))  # the share no longer than the prime
+    uniform = np.random.default_rng([request.seed, 0x1E57]).random()  # the row's own draw, not its step numbers'
+    length = round(float(np.interp(shortest + uniform * (1 - shortest), levels, quantiles)))
+    return min(max(length, len(request.prime) + 1), len(request.prime) + request.max_length)
+
+
 def first_max(x: jax.Array) -> jax.Array:
     """`jnp.argmax(x, axis=-1)` (the first index of the largest value), as two plain reductions."""
     index = jnp.arange(x.shape[-1])
@@ -161,7 +182,7 @@ class Sampler:
     one call at a time, for a caller that keeps rows of its own (the service's slots, service/engine.py).
     """
 
-    def __init__(self, model, variables, vocab: Vocab):
+    def __init__(self, model, variables, vocab: Vocab, start_carry=None):
         if model.vocab_size != len(vocab):
             raise UserError(
                 f"the model has {model.vocab_size} symbols but the vocabulary {len(vocab)}:"
@@ -172,7 +193,11 @@ class Sampler:
         self.vocab = vocab
         self._generate = jax.jit(self._generate_batch)
         self._chunk = jax.jit(self._run_chunk)
-        self._carry_row = jax.eval_shape(lambda: model.initial_carry(1))  # zeros in numpy: no device call per row
+        # One row's start state in numpy, so a row's start costs no device call (zeros without a start state).
+        zeros = jax.tree.map(lambda row: np.zeros(row.shape, row.dtype), jax.eval_shape(lambda: model.initial_carry(1)))
+        self._start_row = zeros if start_carry is None else jax.tree.map(np.asarray, start_carry)
+        if jax.tree.map(np.shape, self._start_row) != jax.tree.map(np.shape, zeros):
+            raise UserError("the start state does not fit the model: re-export the bundle")
 
     # --- the compiled parts -------------------------------------------------------------------------------
 
@@ -181,7 +206,10 @@ class Sampler:
         steps = state.t[:, None] + jnp.arange(STREAM_CHUNK, dtype=jnp.int32)
 
         def step(state: State, uniform):
-            logits, carry = self.model.apply(variables, state.token[:, None], state.carry, train=False)
+            chars_left = jnp.maximum(rows.length - state.t, 0)[:, None] if self.model.reads_length else None
+            logits, carry = self.model.apply(
+                variables, state.token[:, None], state.carry, train=False, chars_left=chars_left
+            )
             sampled = draw(logits[:, 0], uniform, rows)
             in_prime = state.t < rows.prime_len
             drew_eos = ~in_prime & (sampled == EOS)
@@ -213,8 +241,8 @@ class Sampler:
     # --- the host side ------------------------------------------------------------------------------------
 
     def start_state(self, batch_size: int) -> State:
-        """Rows about to start: zero carry, first input EOS, step 0 (host arrays, so slots can be set)."""
-        carry = jax.tree.map(lambda row: np.zeros((batch_size, *row.shape[1:]), row.dtype), self._carry_row)
+        """Rows about to start: the start state, first input EOS, step 0 (host arrays, so slots can be set)."""
+        carry = jax.tree.map(lambda row: np.repeat(row, batch_size, axis=0), self._start_row)
         tokens, steps = np.full(batch_size, EOS, np.int32), np.zeros(batch_size, np.int32)
         return State(carry, tokens, steps, np.zeros(batch_size, bool))
 
@@ -233,7 +261,13 @@ class Sampler:
             top_k=np.array([r.top_k for r in padded], np.int32),
             top_p=np.array([r.top_p for r in padded], np.float32),
             seed=np.array([r.seed for r in padded], np.uint32),
+            length=np.array([self._post_length(r) for r in padded], np.int32),
         )
+
+    def _post_length(self, request: SampleRequest) -> int:
+        if not self.model.reads_length:
+            return len(request.prime) + request.max_length  # unread: the model decides
+        return post_length(self.model.length_quantiles, request)
 
     def advance(self, state: State, rows: Rows) -> tuple[State, np.ndarray]:
         """One call of the chunk program: every row STREAM_CHUNK steps on; the new state and tokens [B, C]."""
