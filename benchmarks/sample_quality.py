@@ -200,7 +200,7 @@ def measure(name: str, data: Path, base_params: TrainParams, seconds: float | No
 # Sampling-side choices, evaluated on one lever's exported model: (temperature, top_p).
 SETTINGS = (
     *((t, 1.0) for t in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)),
-    *((0.8, p) for p in (0.95, 0.9, 0.85, 0.8, 0.75, 0.7)),
+    *((0.8, p) for p in (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)),
     (1.0, 0.9),
     (1.0, 0.8),
 )

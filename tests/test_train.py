@@ -189,18 +189,19 @@ def test_a_model_with_position_input_fine_tunes_one_without_it(tmp_path, data):
     assert model.position_input
 
 
-def test_a_model_with_length_input_keeps_its_posts_lengths_and_fine_tunes_one_without_it(tmp_path, base, data):
+def test_a_model_with_length_input_keeps_its_posts_lengths_and_fine_tunes_one_without_it(tmp_path, data):
+    plain, plain_out = run(tmp_path / "plain", data, length_input=False)
     metrics, out = run(tmp_path / "length", data, length_input=True)
     model, variables, _ = checkpoint.load_checkpoint(out / "checkpoints" / "best.msgpack")
     assert model.length_quantiles == length_quantiles(np.load(data / "train.npy"))
     assert np.abs(variables["params"]["chars_left"]["embedding"]).max() > 0  # it learned to read them
-    assert metrics["val_loss"] < base[0]["val_loss"]  # knowing where a post ends helps to predict it
+    assert metrics["val_loss"] < plain["val_loss"]  # knowing where a post ends helps to predict it
     assert train.score(out / "checkpoints" / "best.msgpack", np.load(data / "val.npy")) == pytest.approx(
         metrics["best_val_loss"], rel=1e-5
     )
-    best = base[1] / "checkpoints" / "best.msgpack"
+    best = plain_out / "checkpoints" / "best.msgpack"
     tuned, _ = run(tmp_path / "tuned", data, init_from=str(best), max_steps=10, learning_rate=0.001, length_input=True)
-    assert tuned["val_loss"] < base[0]["val_loss"] + 0.05  # the trained weights, reading no length at first
+    assert tuned["val_loss"] < plain["val_loss"] + 0.05  # the trained weights, reading no length at first
 
 
 def test_auto_matmul_dtype_is_bfloat16_only_where_the_chip_has_bf16_units(tmp_path, base):
