@@ -141,7 +141,7 @@ def cpu() -> str:
 def main() -> dict:
     implementations, paths = {}, []
     for rnn_size, num_layers in SIZES:
-        params = TrainParams(rnn_size=rnn_size, num_layers=num_layers, matmul_dtype="float32")
+        params = TrainParams(rnn_size=rnn_size, num_layers=num_layers, matmul_dtype="float32", length_input=False)
         tweetbot = train.build_model(params, VOCAB)
         implementations[(rnn_size, num_layers, "tweetbot")] = jax_trainer(tweetbot)
         if kernels.available():  # the path training does not take at this size, for comparison

@@ -61,7 +61,7 @@ def test_values_and_gradients_match_autodiff_of_the_plain_recurrence(shape):
 
 @needs_kernel
 def test_a_train_step_through_the_kernel_is_the_pure_jax_one():
-    params = TrainParams(rnn_size=32, num_layers=2, matmul_dtype="float32")  # bfloat16: the next test
+    params = TrainParams(rnn_size=32, num_layers=2, matmul_dtype="float32", length_input=False)  # bfloat16: next test
     model = train.build_model(params, vocab_size=20)
     assert kernels.lstm_recurrence(model, any_size=True) is kernels.lstm
     state = train.create_state(model, TrainParams(), seed=0)
@@ -85,7 +85,7 @@ def test_a_train_step_through_the_kernel_is_the_pure_jax_one():
 def test_a_bfloat16_model_takes_the_kernel_only_where_onednn_computes_bfloat16():
     """On a CPU without AVX-512 oneDNN refuses a bfloat16 LSTM: such a model trains the pure-JAX scan there."""
     assert kernels.computes("float32")
-    model = train.build_model(TrainParams(rnn_size=256, num_layers=1, matmul_dtype="bfloat16"), vocab_size=20)
+    model = train.build_model(TrainParams(rnn_size=256, num_layers=1, matmul_dtype="bfloat16", length_input=False), 20)
     assert kernels.lstm_recurrence(model) is (kernels.lstm if kernels.computes("bfloat16") else None)
     state = train.create_state(model, TrainParams(), seed=0)
     tokens = np.random.default_rng(0).integers(0, 20, (8, 17)).astype(np.int32)
@@ -119,7 +119,7 @@ def test_training_takes_the_kernel_from_the_size_where_it_is_the_faster(fused):
     """By default (None) from kernels.FUSED_FROM units on; True: at any size; False: never."""
 
     def calls_the_kernel(rnn_size):
-        model = train.build_model(TrainParams(rnn_size=rnn_size, num_layers=1), vocab_size=20)
+        model = train.build_model(TrainParams(rnn_size=rnn_size, num_layers=1, length_input=False), 20)
         state, carry = train.create_state(model, TrainParams(), seed=0), model.initial_carry(2)
         tokens = np.zeros((2, 4), np.int32)
         step = train.make_train_step(model, seed=0, fused=fused)
