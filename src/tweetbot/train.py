@@ -35,9 +35,8 @@ from tqdm import tqdm
 from tweetbot import atomic, checkpoint, kernels
 from tweetbot.input_pipeline import Lanes, eval_lanes, length_quantiles
 from tweetbot.params import TrainParams
-from tweetbot.runtime.bundle import model_config
 from tweetbot.runtime.errors import UserError
-from tweetbot.runtime.model import CharRNN
+from tweetbot.runtime.model import CharRNN, model_config
 from tweetbot.runtime.vocab import Vocab
 
 STOPPING_RULES = ("max_steps", "time_budget_s")  # may change between a run and its resumption

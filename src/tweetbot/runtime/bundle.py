@@ -15,7 +15,6 @@ Whatever is wrong with a bundle (missing, truncated, edited, from another format
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import platform
@@ -31,7 +30,7 @@ import numpy as np
 from flax import serialization
 
 from tweetbot.runtime.errors import UserError
-from tweetbot.runtime.model import CharRNN, from_config
+from tweetbot.runtime.model import CharRNN, from_config, model_config
 from tweetbot.runtime.paths import BUNDLE
 from tweetbot.runtime.sample import Sampler
 from tweetbot.runtime.vocab import Vocab
@@ -60,12 +59,6 @@ class Bundle:
 
     def sampler(self) -> Sampler:
         return Sampler(self.model, self.variables, self.vocab, self.start_carry)
-
-
-def model_config(model: CharRNN) -> dict[str, Any]:
-    """The constructor arguments of `model`, enough to build it again (`model.from_config`), as JSON has them."""
-    config = {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in ("parent", "name")}
-    return {name: list(value) if isinstance(value, tuple) else value for name, value in config.items()}
 
 
 def write(

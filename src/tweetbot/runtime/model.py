@@ -30,6 +30,7 @@ benchmarks/train_speed.py measures the result against PyTorch's nn.LSTM.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import Literal
 
@@ -122,6 +123,12 @@ def chars_left_buckets(chars_left: jax.Array) -> jax.Array:
     """The embedding row of each count of characters left: exact below EXACT_CHARS_LEFT, then coarser."""
     coarse = EXACT_CHARS_LEFT + (chars_left - EXACT_CHARS_LEFT) // CHARS_LEFT_STEP
     return jnp.clip(jnp.where(chars_left < EXACT_CHARS_LEFT, chars_left, coarse), 0, CHARS_LEFT_BUCKETS - 1)
+
+
+def model_config(model: CharRNN) -> dict:
+    """The constructor arguments of `model`, enough to build it again (`from_config`), as JSON has them."""
+    config = {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in ("parent", "name")}
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in config.items()}
 
 
 def from_config(config: dict) -> CharRNN:
