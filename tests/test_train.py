@@ -118,9 +118,7 @@ def test_checkpoints_rebuild_the_model_that_scored_the_validation_loss(base, dat
     assert meta["vocab_size"] == model.vocab_size and meta["train_params"]["rnn_size"] == model.rnn_size == 16
     val = np.load(data / "val.npy").astype(np.int32)
     windows = eval_lanes(val, 8, 16, with_chars_left=model.reads_length).all_windows()
-    assert float(train.make_evaluate(model)(variables["params"], *windows)) == pytest.approx(
-        meta["val_loss"], rel=1e-5
-    )
+    assert float(train.make_evaluate(model)(variables["params"], *windows)) == pytest.approx(meta["val_loss"], rel=1e-5)
     last = checkpoint.read(out / "checkpoints" / "last.msgpack")
     assert {"opt_state", "carry"} <= set(last) and last["meta"]["step"] == 30
     # The keys every checkpoint written so far has: a resume reads its progress back from them.
