@@ -108,10 +108,9 @@ def start_carry(model: CharRNN, variables: dict, train_tokens: np.ndarray):
     """The state every sample starts from: the model's after reading the last WARM_UP characters of the training
     posts, up to the last post's final EOS, which each sample reads first. So a sample starts as a post does in
     training, after another post, not from the zero state training hardly ever sees (runtime.sample)."""
-    tokens = np.asarray(train_tokens, np.int32)[-WARM_UP - 1 : -1]
-    chars_left = {"chars_left": input_pipeline.chars_left(train_tokens)[-WARM_UP - 1 : -1][None]}
-    apply = jax.jit(model.apply)
-    _, carry = apply(variables, tokens[None], model.initial_carry(1), **(chars_left if model.reads_length else {}))
+    tail = np.asarray(train_tokens, np.int32)[-WARM_UP - 1 :]  # ends with the final EOS: its chars_left are exact
+    read = {"chars_left": input_pipeline.chars_left(tail)[None, :-1]} if model.reads_length else {}
+    _, carry = jax.jit(model.apply)(variables, tail[None, :-1], model.initial_carry(1), **read)
     return jax.device_get(carry)
 
 
