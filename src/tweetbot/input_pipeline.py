@@ -42,8 +42,10 @@ class Lanes:
         starts = np.arange(lanes) * row
         # rows[b] = tokens[starts[b] : starts[b] + used + 1]; the last column is only ever a target.
         self.rows = np.stack([tokens[s : s + used + 1] for s in starts]).astype(np.int32)
-        left = chars_left(tokens) if with_chars_left else None
-        self.chars_left = None if left is None else np.stack([left[s : s + used] for s in starts])
+        self.chars_left = None  # [lanes, used]: each input's, for a model that reads its posts' lengths
+        if with_chars_left:
+            left = chars_left(tokens)
+            self.chars_left = np.stack([left[s : s + used] for s in starts])
 
     @property
     def lanes(self) -> int:
