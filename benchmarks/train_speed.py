@@ -48,8 +48,11 @@ class FlaxLSTM(nn.Module):
         zeros = jnp.zeros((batch_size, self.rnn_size))
         return tuple((zeros, zeros) for _ in range(self.num_layers))
 
+    def init_variables(self, key):
+        return self.init(key, jnp.zeros((1, 1), jnp.int32), self.initial_carry(1))
+
     @nn.compact
-    def __call__(self, tokens, carry, train=False):
+    def __call__(self, tokens, carry, train=False, chars_left=None):  # chars_left: train_step's, unread here
         x = nn.Embed(self.vocab_size, self.rnn_size)(tokens)
         new_carry = []
         for layer in range(self.num_layers):
