@@ -30,6 +30,9 @@ from tweetbot import kernels, train
 from tweetbot.params import TrainParams
 
 HERE = Path(__file__).parent
+# The environment PyTorch runs in: the user's, without the OpenMP settings tweetbot.kernels makes for its own
+# threads when it loads (the reference once inherited OMP_WAIT_POLICY=PASSIVE, which slowed it by a quarter).
+TORCH_ENV = dict(os.environ)
 TORCH_PYTHON = HERE / ".venv-torch" / "bin" / "python"
 SIZES = [(128, 2), (512, 3)]
 VOCAB, SEQ, BATCH = 96, 64, 64
@@ -99,6 +102,7 @@ class Torch:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env=TORCH_ENV,
         )
 
     def measure(self, rnn_size: int, num_layers: int, threads: int, seconds: float) -> float:
@@ -110,7 +114,7 @@ class Torch:
 
     def version(self) -> str:
         out = subprocess.run([str(TORCH_PYTHON), "-c", "import torch; print(torch.__version__)"],
-                             capture_output=True, text=True)  # fmt: skip
+                             capture_output=True, text=True, env=TORCH_ENV)  # fmt: skip
         return out.stdout.strip()
 
     def close(self) -> None:

@@ -3,7 +3,10 @@ and the train step that uses it on a CPU."""
 
 from __future__ import annotations
 
+import os
 import platform
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -132,3 +135,27 @@ def test_training_takes_the_kernel_from_the_size_where_it_is_the_faster(fused):
 def test_other_cells_keep_the_pure_jax_recurrence():
     for cell in ("gru", "rnn"):
         assert kernels.lstm_recurrence(CharRNN(20, cell=cell)) is None
+
+
+SPIN_PROBE = """
+import os, sys
+import tweetbot.train, dvclive  # what the train stage loads before its first step
+from tweetbot import kernels
+loaded = lambda: "libgomp" in open("/proc/self/maps").read()
+before = loaded()
+kernels.available()
+print(before, loaded(), os.environ.get("GOMP_SPINCOUNT"))
+"""
+
+
+@needs_kernel
+@pytest.mark.skipif(platform.system() != "Linux", reason="reads /proc/self/maps")
+@pytest.mark.parametrize("policy", [None, "PASSIVE"])
+def test_onednn_threads_spin_between_time_steps_unless_the_user_set_a_policy(policy):
+    """libgomp reads GOMP_SPINCOUNT once, when it loads: with oneDNN, after the kernel module sets it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env |= {"OMP_WAIT_POLICY": policy} if policy else {}
+    out = subprocess.run([sys.executable, "-c", SPIN_PROBE], env=env, capture_output=True, text=True, check=True)
+    before, after, spin_count = out.stdout.split()
+    assert (before, after) == ("False", "True")
+    assert spin_count == (kernels.SPIN_COUNT if policy is None else "None")

@@ -26,20 +26,28 @@ import numpy as np
 LIBRARY = Path(__file__).with_name("lstm_onednn.so")
 ONEDNN = Path(sys.prefix) / "lib" / "libdnnl.so.3"  # from the onednn-cpu-gomp wheel, in the venv's lib/
 # Below this many units per layer the pure-JAX scan trains faster: XLA fuses each step's small matmuls and gate
-# arithmetic into one loop, where oneDNN pays a call, a weight reorder and a thread hand-off per layer. Measured
-# side by side on a quiet 2-core Xeon with AMX, pure JAX against fused: h128x2 1.2x in float32 and in bfloat16,
-# h192x2 even, h256x2 0.96x (float32) and 0.94x (bfloat16), h512x3 0.67x (benchmarks/results/train.md); on an
-# AMD EPYC Zen 4, h128x2 1.09x in bfloat16.
+# arithmetic into one loop, where oneDNN pays a call, a weight reorder and a thread hand-off per time step.
+# Measured side by side on a quiet 2-core Xeon with AMX, pure JAX against fused: h128x2 1.2x in float32 and in
+# bfloat16, h192x2 even, h256x2 0.96x (float32) and 0.94x (bfloat16), h512x3 0.67x (benchmarks/results/train.md).
+# On a 2-core AMD EPYC Zen 4 VM, with the threads spinning (SPIN_COUNT), the fused h128x2 swung with the host's
+# load where the scan held steady: 1.18x the scan (float32) and 1.46x (bfloat16) in a quiet hour, 0.55x to 0.95x
+# in a busy one (12-15% of the CPU time stolen by the host); so the default size stays on the scan.
 FUSED_FROM = 256
+# How long oneDNN's OpenMP threads spin, waiting for the next parallel region, before they sleep (libgomp's
+# GOMP_SPINCOUNT, about 0.1 ms here). oneDNN runs a parallel region per time step, and waking a sleeping thread
+# at each one (OMP_WAIT_POLICY=PASSIVE, the setting before this one) cost the fused h128x2 on a 2-core EPYC Zen 4
+# VM 41K chars/s against 56K spinning 10,000 in a quiet hour, 25K against 40K in a busy one; bfloat16 45K
+# against 76K; h512x3 bfloat16 4.9K against 5.7K in a quiet hour, even in a busy one. Longer spins gained
+# nothing, and threads that never sleep (OMP_WAIT_POLICY=ACTIVE) keep the cores from XLA's threads: 52K.
+SPIN_COUNT = "10000"
 
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     if not LIBRARY.is_file():
         return None
-    # oneDNN's OpenMP threads sleep when idle instead of spinning, so they leave the cores to XLA's threads
-    # between calls (read once, when libgomp loads).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" not in os.environ:  # read once, when libgomp loads with oneDNN; a user's setting stands
+        os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
     ctypes.CDLL(str(ONEDNN), mode=ctypes.RTLD_GLOBAL)
     library = ctypes.CDLL(str(LIBRARY))
     library.tweetbot_lstm_workspace_bytes.restype = ctypes.c_int64
