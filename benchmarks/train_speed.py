@@ -30,9 +30,6 @@ from tweetbot import kernels, train
 from tweetbot.params import TrainParams
 
 HERE = Path(__file__).parent
-# The environment PyTorch runs in: the user's, without the OpenMP settings tweetbot.kernels makes for its own
-# threads when it loads (the reference once inherited OMP_WAIT_POLICY=PASSIVE, which slowed it by a quarter).
-TORCH_ENV = dict(os.environ)
 TORCH_PYTHON = HERE / ".venv-torch" / "bin" / "python"
 SIZES = [(128, 2), (512, 3)]
 VOCAB, SEQ, BATCH = 96, 64, 64
@@ -96,13 +93,19 @@ def jax_trainer(model, fused: bool | None = None) -> callable:
 class Torch:
     """The PyTorch reference in its own process, asked one measurement at a time."""
 
+    # It runs in the user's environment, without the OpenMP settings tweetbot.kernels made for its own threads:
+    # the reference once inherited OMP_WAIT_POLICY=PASSIVE, which halved its two-thread speed at h128x2.
+    @staticmethod
+    def environment() -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if k not in kernels.OWN_ENVIRONMENT}
+
     def __init__(self):
         self.process = subprocess.Popen(
             [str(TORCH_PYTHON), str(HERE / "torch_reference.py")],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env=TORCH_ENV,
+            env=self.environment(),
         )
 
     def measure(self, rnn_size: int, num_layers: int, threads: int, seconds: float) -> float:
@@ -114,7 +117,7 @@ class Torch:
 
     def version(self) -> str:
         out = subprocess.run([str(TORCH_PYTHON), "-c", "import torch; print(torch.__version__)"],
-                             capture_output=True, text=True, env=TORCH_ENV)  # fmt: skip
+                             capture_output=True, text=True, env=self.environment())  # fmt: skip
         return out.stdout.strip()
 
     def close(self) -> None:

@@ -138,7 +138,7 @@ def test_other_cells_keep_the_pure_jax_recurrence():
 
 
 SPIN_PROBE = """
-import os, sys
+import os
 import tweetbot.train, dvclive  # what the train stage loads before its first step
 from tweetbot import kernels
 loaded = lambda: "libgomp" in open("/proc/self/maps").read()
