@@ -15,7 +15,7 @@ help:  ## list the targets
 # Every target runs `install` first; the stamp (inside .venv, so a removed .venv installs again) makes that
 # free when the lock files have not changed since the last install.
 INSTALLED := .venv/.installed-uv$(UV_VERSION)
-KERNEL := src/tweetbot/kernels/lstm_onednn.so
+KERNEL := src/tweetbot/kernels/lstm_cpu.so
 install: $(INSTALLED) $(KERNEL)  ## install uv (pinned), the locked dependencies into .venv, the fused kernel
 $(INSTALLED): uv.lock pyproject.toml .github/lint/package-lock.json
 	@uv --version 2>/dev/null | grep -q ' $(UV_VERSION)' || python3 -m pip install --quiet uv==$(UV_VERSION)
@@ -25,13 +25,19 @@ $(INSTALLED): uv.lock pyproject.toml .github/lint/package-lock.json
 	else echo "npm not found: tests/test_deploy_workflows.py will be skipped"; fi
 	@touch $@
 
-# The fused LSTM that training on a CPU runs (src/tweetbot/kernels): oneDNN (headers and library from the lock,
-# installed into .venv) called from XLA through jax.ffi. Needs g++ (Debian: apt-get install g++).
-kernels: $(KERNEL)  ## build the fused oneDNN LSTM kernel (part of install)
-$(KERNEL): src/tweetbot/kernels/lstm_onednn.cc $(INSTALLED)
+# The fused LSTM that training on a CPU runs (src/tweetbot/kernels): oneDNN's matmuls (headers and library from
+# the lock, installed into .venv) and our own loops, called from XLA through jax.ffi. Needs g++ (Debian: apt-get
+# install g++). Built for this machine's CPU (-march=native), with -ffast-math so that the gate loops call
+# libmvec's vector expf and tanhf; linked without it, so that loading the library leaves the process's
+# floating-point modes (denormals) alone.
+KERNEL_OBJECT := src/tweetbot/kernels/lstm_cpu.o
+kernels: $(KERNEL)  ## build the fused LSTM kernel (part of install)
+$(KERNEL): src/tweetbot/kernels/lstm_cpu.cc $(INSTALLED)
 	@command -v g++ >/dev/null || { echo "error: g++ not found: install it (Debian: apt-get install g++)" >&2; exit 2; }
-	g++ -O2 -std=c++17 -Wall -shared -fPIC -isystem "$$($(BIN)/python -c 'import jax; print(jax.ffi.include_dir())')" \
-		-isystem .venv/include $< -L.venv/lib -l:libdnnl.so.3 -o $@
+	g++ -O3 -march=native -ffast-math -fopenmp -std=c++17 -Wall -fPIC -c -isystem .venv/include \
+		-isystem "$$($(BIN)/python -c 'import jax; print(jax.ffi.include_dir())')" $< -o $(KERNEL_OBJECT)
+	g++ -shared -fopenmp $(KERNEL_OBJECT) -L.venv/lib -l:libdnnl.so.3 -lm -o $@
+	@rm -f $(KERNEL_OBJECT)
 
 # The demo runs the experiment pipeline (dvc.yaml): fetch → preprocess → train → export → evaluate. The delivery
 # pipeline (deploy/dvc.yaml: the image needs a container builder and the deploy AWS) is `make deploy`.

@@ -4,10 +4,9 @@ Both train embedding -> LSTM -> linear with Adam and global-norm clipping on bat
 characters, carrying the state from window to window, at h128x2 and h512x3. Rounds alternate between the
 implementations so they share the machine's load; each figure is the median of the rounds. PyTorch runs in its
 own venv (benchmarks/.venv-torch; see torch_reference.py) with 1 and with 2 threads, and the faster of the two
-is the reference. "tweetbot" is what training runs here: on a CPU, the fused oneDNN LSTM of tweetbot.kernels
-where it is built and the model is large enough for it to pay (kernels.FUSED_FROM), else the pure-JAX scan (which
-a GPU runs too); the other of the two gets a row of its own. The Flax `nn.RNN(OptimizedLSTMCell)` model tweetbot
-started from runs too, for scale.
+is the reference. "tweetbot" is what training runs here: on a CPU, the fused LSTM of tweetbot.kernels where it
+is built, else the pure-JAX scan (which a GPU runs too); the other of the two gets a row of its own. The Flax
+`nn.RNN(OptimizedLSTMCell)` model tweetbot started from runs too, for scale.
 GFLOP/s count the multiply-adds of the matmuls (2 FLOPs each; backward = 2x forward) against a numpy float32
 matmul measured in the same run. Goal: tweetbot >= 1.1x PyTorch at both sizes.
 Run: `python -m benchmarks train` (part of `make bench`).
@@ -93,19 +92,12 @@ def jax_trainer(model, fused: bool | None = None) -> callable:
 class Torch:
     """The PyTorch reference in its own process, asked one measurement at a time."""
 
-    # It runs in the user's environment, without the OpenMP settings tweetbot.kernels made for its own threads:
-    # the reference once inherited OMP_WAIT_POLICY=PASSIVE, which halved its two-thread speed at h128x2.
-    @staticmethod
-    def environment() -> dict[str, str]:
-        return {k: v for k, v in os.environ.items() if k not in kernels.OWN_ENVIRONMENT}
-
     def __init__(self):
         self.process = subprocess.Popen(
             [str(TORCH_PYTHON), str(HERE / "torch_reference.py")],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env=self.environment(),
         )
 
     def measure(self, rnn_size: int, num_layers: int, threads: int, seconds: float) -> float:
@@ -117,7 +109,7 @@ class Torch:
 
     def version(self) -> str:
         out = subprocess.run([str(TORCH_PYTHON), "-c", "import torch; print(torch.__version__)"],
-                             capture_output=True, text=True, env=self.environment())  # fmt: skip
+                             capture_output=True, text=True)  # fmt: skip
         return out.stdout.strip()
 
     def close(self) -> None:
@@ -154,10 +146,10 @@ def main() -> dict:
         params = TrainParams(rnn_size=rnn_size, num_layers=num_layers, matmul_dtype="float32", length_input=False)
         tweetbot = train.build_model(params, VOCAB)
         implementations[(rnn_size, num_layers, "tweetbot")] = jax_trainer(tweetbot)
-        if kernels.available():  # the path training does not take at this size, for comparison
+        if kernels.available():  # the path training does not take, for comparison
             fused = kernels.lstm_recurrence(tweetbot) is not None
-            paths.append(f"h{rnn_size}x{num_layers} {'fused oneDNN' if fused else 'pure JAX'}")
-            name = "tweetbot pure JAX" if fused else "tweetbot fused oneDNN"
+            paths.append(f"h{rnn_size}x{num_layers} {'fused kernel' if fused else 'pure JAX'}")
+            name = "tweetbot pure JAX" if fused else "tweetbot fused kernel"
             implementations[(rnn_size, num_layers, name)] = jax_trainer(tweetbot, fused=not fused)
         implementations[(rnn_size, num_layers, "tweetbot bf16")] = jax_trainer(tweetbot.clone(matmul_dtype="bfloat16"))
         flax_model = FlaxLSTM(VOCAB, rnn_size, num_layers)
@@ -179,7 +171,7 @@ def main() -> dict:
     if paths:
         notes = [f"tweetbot and tweetbot bf16 train with: {', '.join(paths)}"]
     else:
-        notes = ["fused oneDNN LSTM not built (make kernels): pure JAX"]
+        notes = ["fused LSTM kernel not built (make kernels): pure JAX"]
     if torch:
         notes.append(f"PyTorch {torch.version()} (the faster of 1 and 2 threads is the reference)")
         torch.close()

@@ -4,26 +4,14 @@
 the init_variables that create_state calls). Speed is not measured here: each trainer takes a few steps.
 """
 
-import os
-
-import pytest
-
 from benchmarks import train_speed
-from tweetbot import kernels, train
+from tweetbot import train
 from tweetbot.params import TrainParams
 
 
 def test_every_training_benchmark_model_trains():
     tweetbot = train.build_model(TrainParams(rnn_size=16, num_layers=1, length_input=False), train_speed.VOCAB)
-    models = [(tweetbot, None), (train_speed.FlaxLSTM(train_speed.VOCAB, 16, 1), False)]
+    models = [(tweetbot, True), (tweetbot, False), (train_speed.FlaxLSTM(train_speed.VOCAB, 16, 1), False)]
     for model, fused in models:
         chars_per_second = train_speed.jax_trainer(model, fused=fused)(0.01)
         assert chars_per_second > 0
-
-
-@pytest.mark.skipif(not kernels.available(), reason="fused kernel not built (make kernels)")
-def test_pytorch_runs_in_the_users_environment_not_with_the_kernels_openmp_settings():
-    """PyTorch once inherited the OMP_WAIT_POLICY=PASSIVE the kernel module set for itself: half its speed."""
-    environment = train_speed.Torch.environment()
-    assert not kernels.OWN_ENVIRONMENT.keys() & environment.keys()
-    assert environment["PATH"] == os.environ["PATH"]  # the rest is the user's

@@ -128,17 +128,17 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
-def make_train_step(model: CharRNN, seed: int, fused: bool | None = None):
+def make_train_step(model: CharRNN, seed: int, fused: bool = True):
     """One jitted function: forward, loss, gradients, clipping, optimizer update.
 
     `train_step(state, carry, inputs, targets[, chars_left]) -> (state, carry, loss)` (chars_left: a model that
     reads its posts' lengths, input_pipeline.Lanes); the carry returned is the recurrent
     state at the end of the window (no gradient flows through it into the next window: truncated BPTT).
-    On a CPU an LSTM trains through the fused oneDNN kernel where it is built and pays (tweetbot.kernels);
-    `fused=True` takes it at any size, `fused=False` keeps the pure-JAX recurrence (the benchmark compares them).
+    On a CPU an LSTM trains through the fused kernel where it is built (tweetbot.kernels); `fused=False` keeps
+    the pure-JAX recurrence (the benchmark compares them).
     """
     dropout_base = jax.random.key(seed + 1)
-    recurrence = None if fused is False else kernels.lstm_recurrence(model, any_size=bool(fused))
+    recurrence = kernels.lstm_recurrence(model) if fused else None
     extra = {"recurrence": recurrence} if recurrence else {}  # the model's own recurrence otherwise
 
     def train_step(state: TrainState, carry, inputs, targets, chars_left=None):
