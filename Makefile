@@ -34,7 +34,7 @@ KERNEL_OBJECT := src/tweetbot/kernels/lstm_cpu.o
 kernels: $(KERNEL)  ## build the fused LSTM kernel (part of install)
 $(KERNEL): src/tweetbot/kernels/lstm_cpu.cc $(INSTALLED)
 	@command -v g++ >/dev/null || { echo "error: g++ not found: install it (Debian: apt-get install g++)" >&2; exit 2; }
-	g++ -O3 -march=native -ffast-math -fopenmp -std=c++17 -Wall -fPIC -c -isystem .venv/include \
+	g++ -O3 -march=native -mprefer-vector-width=512 -ffast-math -fopenmp -std=c++17 -Wall -fPIC -c -isystem .venv/include \
 		-isystem "$$($(BIN)/python -c 'import jax; print(jax.ffi.include_dir())')" $< -o $(KERNEL_OBJECT)
 	g++ -shared -fopenmp $(KERNEL_OBJECT) -L.venv/lib -l:libdnnl.so.3 -lm -o $@
 	@rm -f $(KERNEL_OBJECT)

@@ -5,7 +5,7 @@ the init_variables that create_state calls). Speed is not measured here: each tr
 """
 
 from benchmarks import train_speed
-from tweetbot import train
+from tweetbot import malloc, train
 from tweetbot.params import TrainParams
 
 
@@ -15,3 +15,7 @@ def test_every_training_benchmark_model_trains():
     for model, fused in models:
         chars_per_second = train_speed.jax_trainer(model, fused=fused)(0.01)
         assert chars_per_second > 0
+
+
+def test_pytorch_runs_with_the_malloc_settings_tweetbot_trains_with():
+    assert train_speed.Torch.environment()["GLIBC_TUNABLES"] == malloc.TUNABLES

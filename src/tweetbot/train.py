@@ -32,7 +32,7 @@ import optax
 from flax.training.train_state import TrainState
 from tqdm import tqdm
 
-from tweetbot import atomic, checkpoint, kernels
+from tweetbot import atomic, checkpoint, kernels, malloc
 from tweetbot.input_pipeline import Lanes, eval_lanes, length_quantiles
 from tweetbot.params import TrainParams
 from tweetbot.runtime.errors import UserError
@@ -198,6 +198,7 @@ def run(params: TrainParams, data_dir: Path, checkpoint_dir: Path, live_dir: Pat
     """Train as `params` says; returns the final metrics (also in `meta` of the checkpoints)."""
     from dvclive import Live  # the pipeline's dependency, not the service's
 
+    malloc.keep_freed_memory()  # each step's buffers are the last step's, not fresh pages
     data_dir, checkpoint_dir, live_dir = Path(data_dir), Path(checkpoint_dir), Path(live_dir)
     vocab = Vocab.load(data_dir / "vocab.json")
     vocab_size = len(vocab)

@@ -33,8 +33,8 @@ def _library() -> ctypes.CDLL | None:
         return None
     ctypes.CDLL(str(ONEDNN), mode=ctypes.RTLD_GLOBAL)
     library = ctypes.CDLL(str(LIBRARY))
-    library.tweetbot_lstm_workspace_bytes.restype = ctypes.c_int64
-    library.tweetbot_lstm_workspace_bytes.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int]
+    library.tweetbot_lstm_buffer_bytes.restype = ctypes.c_bool
+    library.tweetbot_lstm_buffer_bytes.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_int, ctypes.POINTER(ctypes.c_int64)]
     for name in ("tweetbot_lstm_forward", "tweetbot_lstm_backward"):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
     return library
@@ -49,7 +49,7 @@ def available() -> bool:
 def computes(dtype: str) -> bool:
     """Whether the kernel is available and oneDNN has a fast matmul of `dtype` inputs on this CPU: it has no
     bfloat16 one without AVX-512 (a Zen 3 EPYC, say), where a bfloat16 model trains the pure-JAX scan."""
-    return available() and _library().tweetbot_lstm_workspace_bytes(16, 8, 32, 64, dtype == "bfloat16") >= 0
+    return available() and _buffer_bytes(16, 8, 64, jnp.dtype(dtype)) is not None
 
 
 def lstm_recurrence(model):
@@ -62,12 +62,20 @@ def lstm_recurrence(model):
     return None
 
 
-def _workspace_bytes(time: int, batch: int, inputs: int, hidden: int, dtype) -> int:
-    size = _library().tweetbot_lstm_workspace_bytes(time, batch, inputs, hidden, dtype == jnp.bfloat16)
-    if size < 0:
-        shape = f"T={time} B={batch} I={inputs} H={hidden} {dtype}"
-        raise RuntimeError(f"oneDNN has no fast matmul for an LSTM of shape {shape}")
-    return size
+@functools.cache
+def _buffer_bytes(time: int, batch: int, hidden: int, dtype) -> tuple[int, int] | None:
+    """The sizes of the forward's workspace and the backward's scratch, in bytes (None: no fast matmul)."""
+    sizes = (ctypes.c_int64 * 2)()
+    if not _library().tweetbot_lstm_buffer_bytes(time, batch, hidden, dtype == jnp.bfloat16, sizes):
+        return None
+    return sizes[0], sizes[1]
+
+
+def _buffer(time: int, batch: int, hidden: int, dtype, which: int) -> jax.ShapeDtypeStruct:
+    sizes = _buffer_bytes(time, batch, hidden, dtype)
+    if sizes is None:
+        raise RuntimeError(f"oneDNN has no fast matmul for an LSTM of shape T={time} B={batch} H={hidden} {dtype}")
+    return jax.ShapeDtypeStruct((sizes[which],), np.uint8)
 
 
 def _forward(x, w_x, w_h, b, carry, dtype):
@@ -75,13 +83,13 @@ def _forward(x, w_x, w_h, b, carry, dtype):
     dtype = jnp.dtype(dtype)
     c0, h0 = carry
     x, w_x, w_h, h0 = (a.astype(dtype) for a in (x, w_x, w_h, h0))
-    time, batch, inputs = x.shape
+    time, batch, _ = x.shape
     hidden = h0.shape[-1]
     outputs = (
         jax.ShapeDtypeStruct((time, batch, hidden), dtype),
         jax.ShapeDtypeStruct((batch, hidden), jnp.float32),
         jax.ShapeDtypeStruct((batch, hidden), dtype),
-        jax.ShapeDtypeStruct((_workspace_bytes(time, batch, inputs, hidden, dtype),), np.uint8),
+        _buffer(time, batch, hidden, dtype, 0),
     )
     hs, c, h, workspace = jax.ffi.ffi_call("tweetbot_lstm_forward", outputs)(x, w_x, w_h, b, c0, h0)
     return (hs, c, h, workspace), (x, w_x, w_h, h0)
@@ -104,8 +112,10 @@ def _lstm_bwd(dtype, residuals, cotangents):
     x, w_x, w_h, h0, b, c0, hs, c, h, workspace = residuals
     (dc, dh), dhs = cotangents
     like = (x, w_x, w_h, b, c0, h0)
-    outputs = tuple(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in like)
-    dx, dw_x, dw_h, db, dc0, dh0 = jax.ffi.ffi_call("tweetbot_lstm_backward", outputs)(
+    time, batch, hidden = hs.shape
+    scratch = _buffer(time, batch, hidden, hs.dtype, 1)  # the kernel's own, dropped after the call
+    outputs = (*(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in like), scratch)
+    dx, dw_x, dw_h, db, dc0, dh0, _ = jax.ffi.ffi_call("tweetbot_lstm_backward", outputs)(
         x, w_x, w_h, b, c0, h0, hs, c, h, workspace, dhs, dc, dh
     )
     return dx, dw_x, dw_h, db, (dc0, dh0)

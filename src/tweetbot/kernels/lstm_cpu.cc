@@ -84,11 +84,14 @@ struct MatMul {
     scratch_bytes = pd.scratchpad_desc().get_size();
   }
 
-  memory Pack(const void* b, dnnl::stream& stream) const {
-    memory plain(b_plain, Engine(), const_cast<void*>(b)), packed(pd.weights_desc(), Engine());
+  // B packed into `buffer` (packed_bytes() of it), or into memory of its own where buffer is null.
+  memory Pack(const void* b, dnnl::stream& stream, void* buffer = nullptr) const {
+    memory plain(b_plain, Engine(), const_cast<void*>(b));
+    memory packed = buffer ? memory(pd.weights_desc(), Engine(), buffer) : memory(pd.weights_desc(), Engine());
     dnnl::reorder(plain, packed).execute(stream, plain, packed);
     return packed;
   }
+  int64_t packed_bytes() const { return int64_t(pd.weights_desc().get_size()); }
 
   void Run(dnnl::stream& stream, const void* a, const memory& b, void* c, const float* bias = nullptr) const {
     thread_local std::vector<char> scratch;  // each thread's own, kept from call to call
@@ -141,45 +144,39 @@ inline E Store(float v) {
 
 inline float Sigmoid(float z) { return 1.f / (1.f + std::exp(-z)); }
 
-// One row of a forward step: z (the 4H pre-activations, replaced by the activated gates i, f, g, o), c_t from
-// c_{t-1}, tanh(c_t), h_t.
+// One row of a forward step: the pre-activations zi, zf, zg, zo (H each, replaced by the activated gates i, f,
+// g, o), c_t from c_{t-1}, tanh(c_t), h_t.
 template <typename E>
-void GatesForward(int64_t H, float* __restrict z, const float* __restrict c_prev, float* __restrict c,
+void GatesForward(int64_t H, float* __restrict zi, float* __restrict zf, float* __restrict zg,
+                  float* __restrict zo, const float* __restrict c_prev, float* __restrict c,
                   float* __restrict tanh_c, E* __restrict h) {
   for (int64_t j = 0; j < H; ++j) {
-    float i = Sigmoid(z[j]), f = Sigmoid(z[H + j]), g = std::tanh(z[2 * H + j]), o = Sigmoid(z[3 * H + j]);
+    float i = Sigmoid(zi[j]), f = Sigmoid(zf[j]), g = std::tanh(zg[j]), o = Sigmoid(zo[j]);
     float cj = f * c_prev[j] + i * g, tj = std::tanh(cj);
-    z[j] = i;
-    z[H + j] = f;
-    z[2 * H + j] = g;
-    z[3 * H + j] = o;
+    zi[j] = i, zf[j] = f, zg[j] = g, zo[j] = o;
     c[j] = cj;
     tanh_c[j] = tj;
     h[j] = Store<E>(o * tj);
   }
 }
 
-// One row of a backward step: dz (4H) from the gates and the gradients flowing in; dc becomes what flows into
-// step t - 1, and db sums dz.
+// One row of a backward step: dz (its four gates' H each) from the gates and the gradients flowing in; dc
+// becomes what flows into step t - 1, and db (four gates' H each) sums dz.
 template <typename E>
-void GatesBackward(int64_t H, const float* __restrict gate, const float* __restrict c_before,
-                   const float* __restrict tanh_c, const float* __restrict d_out, float* __restrict dc,
-                   const float* __restrict dh, E* __restrict dz, float* __restrict db) {
+void GatesBackward(int64_t H, const float* __restrict gi, const float* __restrict gf, const float* __restrict gg,
+                   const float* __restrict go, const float* __restrict c_before, const float* __restrict tanh_c,
+                   const float* __restrict d_out, float* __restrict dc, const float* __restrict dh,
+                   E* __restrict dzi, E* __restrict dzf, E* __restrict dzg, E* __restrict dzo,
+                   float* __restrict dbi, float* __restrict dbf, float* __restrict dbg, float* __restrict dbo) {
   for (int64_t j = 0; j < H; ++j) {
-    float i = gate[j], f = gate[H + j], g = gate[2 * H + j], o = gate[3 * H + j], tc = tanh_c[j];
+    float i = gi[j], f = gf[j], g = gg[j], o = go[j], tc = tanh_c[j];
     float dhj = d_out[j] + dh[j];
     float dcj = dc[j] + dhj * o * (1.f - tc * tc);
     float vi = dcj * g * i * (1.f - i), vf = dcj * c_before[j] * f * (1.f - f);
     float vg = dcj * i * (1.f - g * g), vo = dhj * tc * o * (1.f - o);
-    db[j] += vi;
-    db[H + j] += vf;
-    db[2 * H + j] += vg;
-    db[3 * H + j] += vo;
+    dbi[j] += vi, dbf[j] += vf, dbg[j] += vg, dbo[j] += vo;
     dc[j] = dcj * f;
-    dz[j] = Store<E>(vi);
-    dz[H + j] = Store<E>(vf);
-    dz[2 * H + j] = Store<E>(vg);
-    dz[3 * H + j] = Store<E>(vo);
+    dzi[j] = Store<E>(vi), dzf[j] = Store<E>(vf), dzg[j] = Store<E>(vg), dzo[j] = Store<E>(vo);
   }
 }
 
@@ -192,9 +189,32 @@ struct Rows {
   int64_t Begin(int k) const { return batch * k / threads; }
 };
 
-// The workspace the forward leaves for the backward, all f32: the activated gates [T, B, 4H], c [T, B, H] and
-// tanh(c) [T, B, H].
-int64_t WorkspaceFloats(int64_t T, int64_t B, int64_t H) { return T * B * 6 * H; }
+// The step matmuls of thread k's rows: forward z += h W_h, backward dh = dz W_hᵀ (both with W_h packed).
+const MatMul& ForwardStep(const Rows& rows, int k, int64_t H, Type type) {
+  return GetMatMul(rows.Begin(k + 1) - rows.Begin(k), H, 4 * H, type, false, false, false, true, true);
+}
+const MatMul& BackwardStep(const Rows& rows, int k, int64_t H, Type type) {
+  return GetMatMul(rows.Begin(k + 1) - rows.Begin(k), 4 * H, H, type, false, true, false, false, true);
+}
+
+// Where things lie in the two byte buffers that XLA allocates for a call (so that the kernel allocates nothing):
+//   workspace (the forward's, kept for the backward): the activated gates [T, B, 4H], c [T, B, H], tanh(c)
+//     [T, B, H], all f32; then W_h packed for the forward's step matmul.
+//   scratch (the backward's): dZ [T, B, 4H] in the matmul type; then W_hᵀ packed for the backward's step matmul.
+struct Layout {
+  int64_t cs, tanh_cs, w_h, workspace;  // byte offsets (the gates at 0) and the size
+  int64_t w_h_t, scratch;               // byte offsets (dZ at 0) and the size
+  Layout(int64_t T, int64_t B, int64_t H, Type type) {
+    auto aligned = [](int64_t bytes) { return (bytes + 63) / 64 * 64; };
+    Rows rows(B);
+    cs = T * B * 4 * H * 4;
+    tanh_cs = cs + T * B * H * 4;
+    w_h = aligned(tanh_cs + T * B * H * 4);
+    workspace = w_h + ForwardStep(rows, 0, H, type).packed_bytes();
+    w_h_t = aligned(T * B * 4 * H * (type == Type::bf16 ? 2 : 4));
+    scratch = w_h_t + BackwardStep(rows, 0, H, type).packed_bytes();
+  }
+};
 
 template <typename E>  // the matmul input type: float, or bf16
 void ForwardRows(int64_t T, int64_t B, int64_t H, int64_t r0, int64_t r1, const MatMul& step, const memory& w_h,
@@ -209,7 +229,8 @@ void ForwardRows(int64_t T, int64_t B, int64_t H, int64_t r0, int64_t r1, const 
     float* tanh_c = tanh_cs + (t * B + r0) * H;
     E* h = hs + (t * B + r0) * H;
     for (int64_t r = 0; r < rows; ++r) {
-      GatesForward(H, z + r * G, c_prev + r * H, c + r * H, tanh_c + r * H, h + r * H);
+      float* zr = z + r * G;
+      GatesForward(H, zr, zr + H, zr + 2 * H, zr + 3 * H, c_prev + r * H, c + r * H, tanh_c + r * H, h + r * H);
     }
   }
 }
@@ -227,8 +248,10 @@ void BackwardRows(int64_t T, int64_t B, int64_t H, int64_t r0, int64_t r1, const
     const float* d_out = d_hs + (t * B + r0) * H;
     E* dz = dz_all + (t * B + r0) * G;
     for (int64_t r = 0; r < rows; ++r) {
-      GatesBackward(H, gate + r * G, c_before + r * H, tanh_c + r * H, d_out + r * H, dc + r * H, dh + r * H,
-                    dz + r * G, db);
+      const float* gr = gate + r * G;
+      E* dzr = dz + r * G;
+      GatesBackward(H, gr, gr + H, gr + 2 * H, gr + 3 * H, c_before + r * H, tanh_c + r * H, d_out + r * H,
+                    dc + r * H, dh + r * H, dzr, dzr + H, dzr + 2 * H, dzr + 3 * H, db, db + H, db + 2 * H, db + 3 * H);
     }
     step.Run(stream, dz, w_h_t, dh);  // dh = dz W_hᵀ, what flows into step t - 1
   }
@@ -244,27 +267,29 @@ ffi::Error Forward(Any x, Any w_x, Any w_h, F32 b, F32 c0, Any h0, AnyOut hs, Ou
   const int64_t T = dims[0], B = dims[1], I = dims[2], H = h0.dimensions()[1], G = 4 * H;
   const Type type = TypeOf(x);
   const size_t e = type == Type::bf16 ? 2 : 4;
-  if (int64_t(workspace->size_bytes()) != 4 * WorkspaceFloats(T, B, H)) {
-    return ffi::Error::InvalidArgument("workspace size");
-  }
-  float* gates = reinterpret_cast<float*>(workspace->untyped_data());
-  float *cs = gates + T * B * G, *tanh_cs = cs + T * B * H;
   try {
+    Layout layout(T, B, H, type);
+    if (int64_t(workspace->size_bytes()) != layout.workspace) return ffi::Error::InvalidArgument("workspace size");
+    char* bytes = static_cast<char*>(workspace->untyped_data());
+    float *gates = reinterpret_cast<float*>(bytes), *cs = reinterpret_cast<float*>(bytes + layout.cs);
+    float* tanh_cs = reinterpret_cast<float*>(bytes + layout.tanh_cs);
     dnnl::stream stream(Engine());
     GetMatMul(T * B, I, G, type, false, false, true, false, false)
         .Run(stream, x.untyped_data(), w_x.untyped_data(), gates, b.typed_data());  // Z = X W_x + b
     Rows rows(B);
-    const MatMul& probe = GetMatMul(rows.Begin(1) - rows.Begin(0), H, G, type, false, false, false, true, true);
-    memory w_h_packed = probe.Pack(w_h.untyped_data(), stream);
+    const MatMul& first = ForwardStep(rows, 0, H, type);
+    memory w_h_packed = first.Pack(w_h.untyped_data(), stream, bytes + layout.w_h);
     std::string failure;
 #pragma omp parallel num_threads(rows.threads)
     {
       int k = omp_get_thread_num();
       int64_t r0 = rows.Begin(k), r1 = rows.Begin(k + 1);
       try {
-        const MatMul& step = GetMatMul(r1 - r0, H, G, type, false, false, false, true, true);
+        const MatMul& step = ForwardStep(rows, k, H, type);
         dnnl::stream own(Engine());
-        const memory& w = step.pd.weights_desc() == probe.pd.weights_desc() ? w_h_packed : step.Pack(w_h.untyped_data(), own);
+        // An uneven split may give the other rows' matmul another packing: then its own copy.
+        bool shared = step.pd.weights_desc() == first.pd.weights_desc();
+        memory w = shared ? w_h_packed : step.Pack(w_h.untyped_data(), own);
         if (type == Type::bf16) {
           ForwardRows<bf16>(T, B, H, r0, r1, step, w, static_cast<const bf16*>(h0.untyped_data()),
                             c0.typed_data(), gates, cs, tanh_cs, static_cast<bf16*>(hs->untyped_data()), own);
@@ -289,39 +314,42 @@ ffi::Error Forward(Any x, Any w_x, Any w_h, F32 b, F32 c0, Any h0, AnyOut hs, Ou
 
 ffi::Error Backward(Any x, Any w_x, Any w_h, F32 b, F32 c0, Any h0, Any hs, F32 c_last, Any h_last,
                     ffi::Buffer<ffi::U8> workspace, F32 d_hs, F32 d_c_last, F32 d_h_last, Out dx, Out dw_x,
-                    Out dw_h, Out db, Out dc0, Out dh0) {
+                    Out dw_h, Out db, Out dc0, Out dh0, ffi::ResultBuffer<ffi::U8> scratch) {
   auto dims = x.dimensions();
   const int64_t T = dims[0], B = dims[1], I = dims[2], H = h0.dimensions()[1], G = 4 * H;
   const Type type = TypeOf(x);
   const size_t e = type == Type::bf16 ? 2 : 4;
-  const float* gates = reinterpret_cast<const float*>(workspace.untyped_data());
-  const float *cs = gates + T * B * G, *tanh_cs = cs + T * B * H;
   try {
+    Layout layout(T, B, H, type);
+    if (int64_t(scratch->size_bytes()) != layout.scratch) return ffi::Error::InvalidArgument("scratch size");
+    const char* bytes = static_cast<const char*>(workspace.untyped_data());
+    const float *gates = reinterpret_cast<const float*>(bytes), *cs = reinterpret_cast<const float*>(bytes + layout.cs);
+    const float* tanh_cs = reinterpret_cast<const float*>(bytes + layout.tanh_cs);
+    char* dz = static_cast<char*>(scratch->untyped_data());
     dnnl::stream stream(Engine());
-    std::vector<char> dz_bytes(T * B * G * e);
-    void* dz = dz_bytes.data();
     std::memcpy(dc0->typed_data(), d_c_last.typed_data(), B * H * 4);  // the carries flowing back, in place
     std::memcpy(dh0->typed_data(), d_h_last.typed_data(), B * H * 4);
     Rows rows(B);
     std::vector<float> db_parts(rows.threads * G);
-    const MatMul& probe = GetMatMul(rows.Begin(1) - rows.Begin(0), G, H, type, false, true, false, false, true);
-    memory w_h_t = probe.Pack(w_h.untyped_data(), stream);
+    const MatMul& first = BackwardStep(rows, 0, H, type);
+    memory w_h_t = first.Pack(w_h.untyped_data(), stream, dz + layout.w_h_t);
     std::string failure;
 #pragma omp parallel num_threads(rows.threads)
     {
       int k = omp_get_thread_num();
       int64_t r0 = rows.Begin(k), r1 = rows.Begin(k + 1);
       try {
-        const MatMul& step = GetMatMul(r1 - r0, G, H, type, false, true, false, false, true);
+        const MatMul& step = BackwardStep(rows, k, H, type);
         dnnl::stream own(Engine());
-        const memory& w = step.pd.weights_desc() == probe.pd.weights_desc() ? w_h_t : step.Pack(w_h.untyped_data(), own);
+        bool shared = step.pd.weights_desc() == first.pd.weights_desc();
+        memory w = shared ? w_h_t : step.Pack(w_h.untyped_data(), own);
         float *dc = dc0->typed_data() + r0 * H, *dh = dh0->typed_data() + r0 * H, *dbk = db_parts.data() + k * G;
         if (type == Type::bf16) {
           BackwardRows<bf16>(T, B, H, r0, r1, step, w, c0.typed_data(), gates, cs, tanh_cs, d_hs.typed_data(), dc,
-                             dh, static_cast<bf16*>(dz), dbk, own);
+                             dh, reinterpret_cast<bf16*>(dz), dbk, own);
         } else {
           BackwardRows<float>(T, B, H, r0, r1, step, w, c0.typed_data(), gates, cs, tanh_cs, d_hs.typed_data(), dc,
-                              dh, static_cast<float*>(dz), dbk, own);
+                              dh, reinterpret_cast<float*>(dz), dbk, own);
         }
         own.wait();
       } catch (const std::exception& error) {
@@ -339,7 +367,7 @@ ffi::Error Backward(Any x, Any w_x, Any w_h, F32 b, F32 c0, Any h0, Any hs, F32 
     GetMatMul(H, B, G, type, true, false, false, false, false).Run(stream, h0.untyped_data(), dz, dw_h->typed_data());
     if (T > 1) {
       GetMatMul(H, (T - 1) * B, G, type, true, false, false, true, false)
-          .Run(stream, hs.untyped_data(), static_cast<char*>(dz) + B * G * e, dw_h->typed_data());
+          .Run(stream, hs.untyped_data(), dz + B * G * e, dw_h->typed_data());
     }
     GetMatMul(I, T * B, G, type, true, false, false, false, false).Run(stream, x.untyped_data(), dz, dw_x->typed_data());
     GetMatMul(T * B, G, I, type, false, true, false, false, false).Run(stream, dz, w_x.untyped_data(), dx->typed_data());
@@ -380,16 +408,20 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(tweetbot_lstm_backward, Backward,
                                   .Ret<F32>()  // dw_h
                                   .Ret<F32>()  // db
                                   .Ret<F32>()  // dc0
-                                  .Ret<F32>());  // dh0
+                                  .Ret<F32>()  // dh0
+                                  .Ret<ffi::Buffer<ffi::U8>>());  // scratch
 
-// The workspace the forward call needs for this shape, in bytes; -1 where oneDNN has only its reference matmul
-// for this type on this CPU (bf16 without AVX-512: a Zen 3 EPYC, say), which the pure-JAX scan outruns.
-extern "C" int64_t tweetbot_lstm_workspace_bytes(int64_t T, int64_t B, int64_t I, int64_t H, int bf16) {
+// The sizes of the forward's workspace and the backward's scratch for this shape, in bytes (sizes[0], sizes[1]);
+// false where oneDNN has only its reference matmul for this type on this CPU (bf16 without AVX-512: a Zen 3 EPYC,
+// say), which the pure-JAX scan outruns.
+extern "C" bool tweetbot_lstm_buffer_bytes(int64_t T, int64_t B, int64_t H, int bf16, int64_t* sizes) {
   try {
-    const MatMul& step = GetMatMul(B, H, 4 * H, bf16 ? Type::bf16 : Type::f32, false, false, false, true, true);
-    if (std::string(step.pd.impl_info_str()).rfind("ref", 0) == 0) return -1;
-    return 4 * WorkspaceFloats(T, B, H);
+    Type type = bf16 ? Type::bf16 : Type::f32;
+    if (std::string(ForwardStep(Rows(B), 0, H, type).pd.impl_info_str()).rfind("ref", 0) == 0) return false;
+    Layout layout(T, B, H, type);
+    sizes[0] = layout.workspace, sizes[1] = layout.scratch;
+    return true;
   } catch (const std::exception&) {
-    return -1;
+    return false;
   }
 }

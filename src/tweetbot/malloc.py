@@ -1,0 +1,32 @@
+"""Keep what a training process frees for its next step: glibc's malloc, told not to give memory back.
+
+    malloc.keep_freed_memory()   # once, before training (train.run does it)
+
+XLA allocates every step's buffers (the activations, the LSTM kernel's workspace, the gradients) afresh and frees
+them when the step ends. By default glibc hands blocks that large back to the kernel when they are freed, so
+every step faults in and zeroes tens of megabytes of new pages. Measured side by side on a 2-core Xeon with AMX
+(benchmarks/results/train.md): h128x2 float32 88K chars/s against 113K kept, bfloat16 149K against 240K, the
+pure-JAX scan 55K against 65K; at h512x3, where the matmuls dominate, even. Kept, the process holds its peak
+allocation until it ends, and a training process reaches that peak at every step anyway.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+# Blocks up to this size come from malloc's heap, not from mmap: XLA's temporaries of one step are a single
+# block, tens of megabytes at h128x2 and hundreds at h512x3.
+FROM_HEAP_UP_TO = 2**30
+NEVER_TRIM = 2**31 - 1  # bytes free at the top of the heap before malloc returns them
+# The same settings for another process, through its environment (the benchmark gives them to PyTorch).
+TUNABLES = f"glibc.malloc.trim_threshold={NEVER_TRIM}:glibc.malloc.mmap_threshold={FROM_HEAP_UP_TO}"
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to keep freed memory for reuse; False where the C library is not glibc."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(M_TRIM_THRESHOLD, NEVER_TRIM) and libc.mallopt(M_MMAP_THRESHOLD, FROM_HEAP_UP_TO))

@@ -1,0 +1,45 @@
+"""tweetbot.malloc: a training process keeps the memory it frees, so the next step reuses it."""
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from tweetbot import malloc
+
+PROBE = """
+import os, sys
+import numpy as np
+from tweetbot import malloc
+kept = malloc.keep_freed_memory() if sys.argv[1] == "keep" else False
+resident = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2**20
+block = np.ones(200 * 2**20 // 8)  # 200 MiB, every page written
+before = resident()
+del block
+print(kept, before - resident())
+"""
+
+
+def freed_mib(mode: str, environment: dict | None = None) -> tuple[str, int]:
+    """What the probe process gave back of a freed 200 MiB block, in MiB (and whether it kept its memory)."""
+    env = {**os.environ, **(environment or {})}
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, env=env)
+    kept, returned_mib = out.stdout.split()
+    return kept, int(returned_mib)
+
+
+glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+
+
+@glibc_only
+def test_freed_memory_stays_with_the_process_only_when_kept():
+    assert freed_mib("default")[1] > 150  # glibc gave the pages back
+    kept, returned = freed_mib("keep")
+    assert kept == "True" and returned < 10  # held for the next step
+
+
+@glibc_only
+def test_the_environment_form_keeps_memory_in_another_process():
+    assert freed_mib("default", {"GLIBC_TUNABLES": malloc.TUNABLES})[1] < 10
