@@ -67,7 +67,7 @@ def flops_per_char(rnn_size: int, num_layers: int) -> float:
     return 3 * forward
 
 
-def jax_trainer(model, fused: bool | None = None) -> callable:
+def jax_trainer(model, fused: bool = True) -> callable:
     """A function that trains `model` for about `seconds` and returns chars/s (`fused`: as make_train_step)."""
     state = train.create_state(model, TrainParams(), seed=0)
     carry = model.initial_carry(BATCH)

@@ -4,6 +4,8 @@
 the init_variables that create_state calls). Speed is not measured here: each trainer takes a few steps.
 """
 
+import inspect
+
 from benchmarks import train_speed
 from tweetbot import malloc, train
 from tweetbot.params import TrainParams
@@ -19,3 +21,9 @@ def test_every_training_benchmark_model_trains():
 
 def test_pytorch_runs_with_the_malloc_settings_tweetbot_trains_with():
     assert train_speed.Torch.environment()["GLIBC_TUNABLES"] == malloc.TUNABLES
+
+
+def test_the_tweetbot_rows_train_as_training_does():
+    """The "tweetbot" rows once passed fused=None, which make_train_step read as "no kernel": all pure JAX."""
+    default = inspect.signature(train.make_train_step).parameters["fused"].default
+    assert inspect.signature(train_speed.jax_trainer).parameters["fused"].default is default is True
