@@ -6,7 +6,7 @@ Contract used by training, the sampler and the service:
     carry = model.initial_carry(batch_size)   # zeros; a pytree, one entry per layer (and the position)
     model = from_config(config)               # the model a checkpoint's or a bundle's config describes
 `recurrence=` (optional) runs each layer through another function with the contract of RECURRENCES below: training
-on a CPU passes the fused oneDNN LSTM of tweetbot.kernels (pipeline side; the runtime never imports it).
+on a CPU passes the fused LSTM kernel of tweetbot.kernels (pipeline side; the runtime never imports it).
 Dropout follows char-rnn-tensorflow: `input_keep_prob` on each layer's input, `output_keep_prob` on each
 layer's output, only when `train=True` (needs a "dropout" rng).
 
