@@ -42,7 +42,9 @@ def test_the_kernel_is_built_where_make_install_builds_it():
 @needs_kernel
 # (time, batch, inputs, hidden); the threads split a batch of 8 rows or more, 21 unevenly (10 and 11 rows)
 @pytest.mark.parametrize("shape", [(6, 3, 4, 5), (64, 4, 48, 128), (9, 21, 10, 24), (1, 16, 8, 16)])
-def test_values_and_gradients_match_autodiff_of_the_plain_recurrence(shape):
+@pytest.mark.parametrize("entry", ["lstm", "lstm_projected"])
+def test_values_and_gradients_match_autodiff_of_the_plain_recurrence(shape, entry):
+    """lstm_projected takes the input projection x W_x + b from its caller, here as plain JAX."""
     args = layer_inputs(*shape)
     weights = jax.random.normal(jax.random.key(7), (shape[0], shape[1], shape[3]))
 
@@ -53,7 +55,11 @@ def test_values_and_gradients_match_autodiff_of_the_plain_recurrence(shape):
 
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))(*args)
 
-    (value, grads), (reference_value, reference_grads) = loss_and_grads(kernels.lstm), loss_and_grads(lstm.fun)
+    def projected(x, w_x, w_h, b, carry):
+        return kernels.lstm_projected(jnp.einsum("tbi,ig->tbg", x, w_x) + b, w_h, carry)
+
+    fused = kernels.lstm if entry == "lstm" else projected
+    (value, grads), (reference_value, reference_grads) = loss_and_grads(fused), loss_and_grads(lstm.fun)
     assert abs(value - reference_value) <= 1e-5 * abs(reference_value)
     for name, mine, reference in zip(["x", "w_x", "w_h", "b", "c0", "h0"], jax.tree.leaves(grads),
                                      jax.tree.leaves(reference_grads), strict=True):  # fmt: skip
@@ -61,22 +67,29 @@ def test_values_and_gradients_match_autodiff_of_the_plain_recurrence(shape):
 
 
 @needs_kernel
-def test_a_train_step_through_the_kernel_is_the_pure_jax_one():
-    params = TrainParams(rnn_size=32, num_layers=2, matmul_dtype="float32", length_input=False)  # bfloat16: next test
+@pytest.mark.parametrize(
+    ("position_input", "first_layer_projected"),
+    [(False, False), (False, True), (True, True)],  # with position_input the first layer reads two tables
+)
+def test_a_train_step_through_the_kernel_is_the_pure_jax_one(position_input, first_layer_projected):
+    params = TrainParams(
+        rnn_size=32, num_layers=2, matmul_dtype="float32", length_input=False, position_input=position_input
+    )  # fmt: skip  (bfloat16: next test)
     model = train.build_model(params, vocab_size=20)
     assert kernels.lstm_recurrence(model) is kernels.lstm
     state = train.create_state(model, TrainParams(), seed=0)
     tokens = np.random.default_rng(0).integers(0, 20, (8, 17)).astype(np.int32)
     carry = model.initial_carry(8)
+    fused = {"recurrence": kernels.lstm} | ({"projected": kernels.lstm_projected} if first_layer_projected else {})
 
-    def step(recurrence):
+    def step(extra):
         def loss(params):
-            logits, _ = model.apply({"params": params}, tokens[:, :-1], carry, train=True, recurrence=recurrence)
+            logits, _ = model.apply({"params": params}, tokens[:, :-1], carry, train=True, **extra)
             return train.cross_entropy(logits, tokens[:, 1:])
 
         return jax.jit(jax.value_and_grad(loss))(state.params)
 
-    (fused_loss, fused_grads), (loss, grads) = step(kernels.lstm), step(None)
+    (fused_loss, fused_grads), (loss, grads) = step(fused), step({})
     np.testing.assert_allclose(fused_loss, loss, rtol=1e-6)
     for mine, reference in zip(jax.tree.leaves(fused_grads), jax.tree.leaves(grads), strict=True):
         assert relative_error(mine, reference) <= 1e-5
@@ -123,7 +136,7 @@ def test_training_takes_the_kernel_at_any_size_unless_told_not_to(fused):
         state, carry = train.create_state(model, TrainParams(), seed=0), model.initial_carry(2)
         tokens = np.zeros((2, 4), np.int32)
         step = train.make_train_step(model, seed=0, fused=fused)
-        return "tweetbot_lstm_forward" in step.lower(state, carry, tokens, tokens).as_text()
+        return "tweetbot_lstm_" in step.lower(state, carry, tokens, tokens).as_text()
 
     assert [calls_the_kernel(size) for size in (8, 128, 512)] == [fused] * 3
 

@@ -139,7 +139,8 @@ def make_train_step(model: CharRNN, seed: int, fused: bool = True):
     """
     dropout_base = jax.random.key(seed + 1)
     recurrence = kernels.lstm_recurrence(model) if fused else None
-    extra = {"recurrence": recurrence} if recurrence else {}  # the model's own recurrence otherwise
+    # The model's own recurrence otherwise; the kernel also runs the first layer over its input projection.
+    extra = {"recurrence": recurrence, "projected": kernels.lstm_projected} if recurrence else {}
 
     def train_step(state: TrainState, carry, inputs, targets, chars_left=None):
         dropout_key = jax.random.fold_in(dropout_base, state.step)  # same key for the same step, on resume too

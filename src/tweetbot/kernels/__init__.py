@@ -35,7 +35,8 @@ def _library() -> ctypes.CDLL | None:
     library = ctypes.CDLL(str(LIBRARY))
     library.tweetbot_lstm_buffer_bytes.restype = ctypes.c_bool
     library.tweetbot_lstm_buffer_bytes.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_int, ctypes.POINTER(ctypes.c_int64)]
-    for name in ("tweetbot_lstm_forward", "tweetbot_lstm_backward"):
+    for name in ("forward", "backward", "projected_forward", "projected_backward"):
+        name = f"tweetbot_lstm_{name}"
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
     return library
 
@@ -122,3 +123,56 @@ def _lstm_bwd(dtype, residuals, cotangents):
 
 
 lstm.defvjp(_lstm_fwd, _lstm_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def lstm_projected(z, w_h, carry, dtype="float32"):
+    """`lstm` over an input projection the caller made, z = x W_x + b (float32 [T, B, 4H]): ((c, h), hs).
+
+    For the first layer, whose input is rows of embedding tables: projecting the small tables and gathering rows
+    (CharRNN's `projected`) replaces the input matmul and, in the backward, the two matmuls of dx and dW_x."""
+    (hs, c, h, _), _ = _projected_forward(z, w_h, carry, dtype)
+    return (c, h.astype(jnp.float32)), hs.astype(jnp.float32)
+
+
+def _projected_forward(z, w_h, carry, dtype):
+    dtype = jnp.dtype(dtype)
+    c0, h0 = carry
+    w_h, h0 = w_h.astype(dtype), h0.astype(dtype)
+    time, batch, hidden = *z.shape[:2], h0.shape[-1]
+    outputs = (
+        jax.ShapeDtypeStruct((time, batch, hidden), dtype),
+        jax.ShapeDtypeStruct((batch, hidden), jnp.float32),
+        jax.ShapeDtypeStruct((batch, hidden), dtype),
+        _buffer(time, batch, hidden, dtype, 0),
+    )
+    hs, c, h, workspace = jax.ffi.ffi_call("tweetbot_lstm_projected_forward", outputs)(
+        z.astype(jnp.float32), w_h, c0, h0
+    )
+    return (hs, c, h, workspace), (w_h, h0)
+
+
+def _projected_fwd(z, w_h, carry, dtype):
+    (hs, c, h, workspace), (w_h, h0) = _projected_forward(z, w_h, carry, dtype)
+    outputs = ((c, h.astype(jnp.float32)), hs.astype(jnp.float32))
+    return outputs, (w_h, carry[0], h0, hs, workspace)
+
+
+def _projected_bwd(dtype, residuals, cotangents):
+    w_h, c0, h0, hs, workspace = residuals
+    (dc, dh), dhs = cotangents
+    time, batch, hidden = hs.shape
+    outputs = (
+        jax.ShapeDtypeStruct((time, batch, 4 * hidden), jnp.float32),
+        jax.ShapeDtypeStruct(w_h.shape, jnp.float32),
+        jax.ShapeDtypeStruct(c0.shape, jnp.float32),
+        jax.ShapeDtypeStruct(c0.shape, jnp.float32),
+        _buffer(time, batch, hidden, hs.dtype, 1),  # the kernel's own, dropped after the call
+    )
+    dz, dw_h, dc0, dh0, _ = jax.ffi.ffi_call("tweetbot_lstm_projected_backward", outputs)(
+        w_h, c0, h0, hs, workspace, dhs, dc, dh
+    )
+    return dz, dw_h, (dc0, dh0)
+
+
+lstm_projected.defvjp(_projected_fwd, _projected_bwd)

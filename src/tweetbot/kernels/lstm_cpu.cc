@@ -161,12 +161,14 @@ void GatesForward(int64_t H, float* __restrict zi, float* __restrict zf, float* 
 }
 
 // One row of a backward step: dz (its four gates' H each) from the gates and the gradients flowing in; dc
-// becomes what flows into step t - 1, and db (four gates' H each) sums dz.
-template <typename E>
+// becomes what flows into step t - 1, and db (four gates' H each) sums dz. With Exact, dz in f32 too (xi..xo):
+// bf16 for the matmuls, f32 for a caller that takes the gradient of the input projection itself.
+template <typename E, bool Exact>
 void GatesBackward(int64_t H, const float* __restrict gi, const float* __restrict gf, const float* __restrict gg,
                    const float* __restrict go, const float* __restrict c_before, const float* __restrict tanh_c,
                    const float* __restrict d_out, float* __restrict dc, const float* __restrict dh,
                    E* __restrict dzi, E* __restrict dzf, E* __restrict dzg, E* __restrict dzo,
+                   float* __restrict xi, float* __restrict xf, float* __restrict xg, float* __restrict xo,
                    float* __restrict dbi, float* __restrict dbf, float* __restrict dbg, float* __restrict dbo) {
   for (int64_t j = 0; j < H; ++j) {
     float i = gi[j], f = gf[j], g = gg[j], o = go[j], tc = tanh_c[j];
@@ -177,6 +179,7 @@ void GatesBackward(int64_t H, const float* __restrict gi, const float* __restric
     dbi[j] += vi, dbf[j] += vf, dbg[j] += vg, dbo[j] += vo;
     dc[j] = dcj * f;
     dzi[j] = Store<E>(vi), dzf[j] = Store<E>(vf), dzg[j] = Store<E>(vg), dzo[j] = Store<E>(vo);
+    if constexpr (Exact) xi[j] = vi, xf[j] = vf, xg[j] = vg, xo[j] = vo;
   }
 }
 
@@ -235,10 +238,10 @@ void ForwardRows(int64_t T, int64_t B, int64_t H, int64_t r0, int64_t r1, const 
   }
 }
 
-template <typename E>
+template <typename E, bool Exact>
 void BackwardRows(int64_t T, int64_t B, int64_t H, int64_t r0, int64_t r1, const MatMul& step, const memory& w_h_t,
                   const float* c0, const float* gates, const float* cs, const float* tanh_cs, const float* d_hs,
-                  float* dc, float* dh, E* dz_all, float* db, dnnl::stream& stream) {
+                  float* dc, float* dh, E* dz_all, float* exact_all, float* db, dnnl::stream& stream) {
   const int64_t G = 4 * H, rows = r1 - r0;
   std::fill(db, db + G, 0.f);
   for (int64_t t = T - 1; t >= 0; --t) {
@@ -250,8 +253,10 @@ void BackwardRows(int64_t T, int64_t B, int64_t H, int64_t r0, int64_t r1, const
     for (int64_t r = 0; r < rows; ++r) {
       const float* gr = gate + r * G;
       E* dzr = dz + r * G;
-      GatesBackward(H, gr, gr + H, gr + 2 * H, gr + 3 * H, c_before + r * H, tanh_c + r * H, d_out + r * H,
-                    dc + r * H, dh + r * H, dzr, dzr + H, dzr + 2 * H, dzr + 3 * H, db, db + H, db + 2 * H, db + 3 * H);
+      float* xr = Exact ? exact_all + (t * B + r0 + r) * G : nullptr;
+      GatesBackward<E, Exact>(H, gr, gr + H, gr + 2 * H, gr + 3 * H, c_before + r * H, tanh_c + r * H, d_out + r * H,
+                              dc + r * H, dh + r * H, dzr, dzr + H, dzr + 2 * H, dzr + 3 * H, xr, xr + H, xr + 2 * H,
+                              xr + 3 * H, db, db + H, db + 2 * H, db + 3 * H);
     }
     step.Run(stream, dz, w_h_t, dh);  // dh = dz W_hᵀ, what flows into step t - 1
   }
@@ -261,55 +266,142 @@ Type TypeOf(const ffi::AnyBuffer& buffer) {
   return buffer.element_type() == ffi::DataType::BF16 ? Type::bf16 : Type::f32;
 }
 
+// The forward's time steps, once the workspace's gates hold the input projection Z = X W_x + b: each thread
+// takes its rows through all T steps; then the last c and h.
+void ForwardSteps(int64_t T, int64_t B, int64_t H, Type type, const Layout& layout, char* workspace,
+                  const void* w_h, const void* h0, const float* c0, void* hs, float* c_last, void* h_last) {
+  const size_t e = type == Type::bf16 ? 2 : 4;
+  float *gates = reinterpret_cast<float*>(workspace), *cs = reinterpret_cast<float*>(workspace + layout.cs);
+  float* tanh_cs = reinterpret_cast<float*>(workspace + layout.tanh_cs);
+  dnnl::stream stream(Engine());
+  Rows rows(B);
+  const MatMul& first = ForwardStep(rows, 0, H, type);
+  memory w_h_packed = first.Pack(w_h, stream, workspace + layout.w_h);
+  std::string failure;
+#pragma omp parallel num_threads(rows.threads)
+  {
+    int k = omp_get_thread_num();
+    int64_t r0 = rows.Begin(k), r1 = rows.Begin(k + 1);
+    try {
+      const MatMul& step = ForwardStep(rows, k, H, type);
+      dnnl::stream own(Engine());
+      // An uneven split may give the other rows' matmul another packing: then its own copy.
+      bool shared = step.pd.weights_desc() == first.pd.weights_desc();
+      memory w = shared ? w_h_packed : step.Pack(w_h, own);
+      if (type == Type::bf16) {
+        ForwardRows<bf16>(T, B, H, r0, r1, step, w, static_cast<const bf16*>(h0), c0, gates, cs, tanh_cs,
+                          static_cast<bf16*>(hs), own);
+      } else {
+        ForwardRows<float>(T, B, H, r0, r1, step, w, static_cast<const float*>(h0), c0, gates, cs, tanh_cs,
+                           static_cast<float*>(hs), own);
+      }
+      own.wait();
+    } catch (const std::exception& error) {
+#pragma omp critical
+      failure = error.what();
+    }
+  }
+  if (!failure.empty()) throw std::runtime_error(failure);
+  std::memcpy(c_last, cs + (T - 1) * B * H, B * H * 4);
+  std::memcpy(h_last, static_cast<char*>(hs) + (T - 1) * B * H * e, B * H * e);
+}
+
 ffi::Error Forward(Any x, Any w_x, Any w_h, F32 b, F32 c0, Any h0, AnyOut hs, Out c_last, AnyOut h_last,
                    ffi::ResultBuffer<ffi::U8> workspace) {
   auto dims = x.dimensions();
   const int64_t T = dims[0], B = dims[1], I = dims[2], H = h0.dimensions()[1], G = 4 * H;
   const Type type = TypeOf(x);
-  const size_t e = type == Type::bf16 ? 2 : 4;
   try {
     Layout layout(T, B, H, type);
     if (int64_t(workspace->size_bytes()) != layout.workspace) return ffi::Error::InvalidArgument("workspace size");
     char* bytes = static_cast<char*>(workspace->untyped_data());
-    float *gates = reinterpret_cast<float*>(bytes), *cs = reinterpret_cast<float*>(bytes + layout.cs);
-    float* tanh_cs = reinterpret_cast<float*>(bytes + layout.tanh_cs);
     dnnl::stream stream(Engine());
     GetMatMul(T * B, I, G, type, false, false, true, false, false)
-        .Run(stream, x.untyped_data(), w_x.untyped_data(), gates, b.typed_data());  // Z = X W_x + b
-    Rows rows(B);
-    const MatMul& first = ForwardStep(rows, 0, H, type);
-    memory w_h_packed = first.Pack(w_h.untyped_data(), stream, bytes + layout.w_h);
-    std::string failure;
-#pragma omp parallel num_threads(rows.threads)
-    {
-      int k = omp_get_thread_num();
-      int64_t r0 = rows.Begin(k), r1 = rows.Begin(k + 1);
-      try {
-        const MatMul& step = ForwardStep(rows, k, H, type);
-        dnnl::stream own(Engine());
-        // An uneven split may give the other rows' matmul another packing: then its own copy.
-        bool shared = step.pd.weights_desc() == first.pd.weights_desc();
-        memory w = shared ? w_h_packed : step.Pack(w_h.untyped_data(), own);
-        if (type == Type::bf16) {
-          ForwardRows<bf16>(T, B, H, r0, r1, step, w, static_cast<const bf16*>(h0.untyped_data()),
-                            c0.typed_data(), gates, cs, tanh_cs, static_cast<bf16*>(hs->untyped_data()), own);
-        } else {
-          ForwardRows<float>(T, B, H, r0, r1, step, w, static_cast<const float*>(h0.untyped_data()),
-                             c0.typed_data(), gates, cs, tanh_cs, static_cast<float*>(hs->untyped_data()), own);
-        }
-        own.wait();
-      } catch (const std::exception& error) {
-#pragma omp critical
-        failure = error.what();
-      }
-    }
-    if (!failure.empty()) throw std::runtime_error(failure);
-    std::memcpy(c_last->typed_data(), cs + (T - 1) * B * H, B * H * 4);
-    std::memcpy(h_last->untyped_data(), static_cast<char*>(hs->untyped_data()) + (T - 1) * B * H * e, B * H * e);
+        .Run(stream, x.untyped_data(), w_x.untyped_data(), bytes, b.typed_data());  // Z = X W_x + b
+    stream.wait();
+    ForwardSteps(T, B, H, type, layout, bytes, w_h.untyped_data(), h0.untyped_data(), c0.typed_data(),
+                 hs->untyped_data(), c_last->typed_data(), h_last->untyped_data());
   } catch (const std::exception& error) {
     return ffi::Error::Internal(std::string("LSTM forward: ") + error.what());
   }
   return ffi::Error::Success();
+}
+
+// The same over an input projection the caller made (z = X W_x + b, f32 [T, B, 4H]): the first layer, whose
+// input is rows of embedding tables, projects the tables and gathers their rows.
+ffi::Error ProjectedForward(F32 z, Any w_h, F32 c0, Any h0, AnyOut hs, Out c_last, AnyOut h_last,
+                            ffi::ResultBuffer<ffi::U8> workspace) {
+  auto dims = z.dimensions();
+  const int64_t T = dims[0], B = dims[1], H = h0.dimensions()[1];
+  const Type type = TypeOf(h0);
+  try {
+    Layout layout(T, B, H, type);
+    if (int64_t(workspace->size_bytes()) != layout.workspace) return ffi::Error::InvalidArgument("workspace size");
+    char* bytes = static_cast<char*>(workspace->untyped_data());
+    std::memcpy(bytes, z.typed_data(), z.size_bytes());  // the steps add h W_h to it in place
+    ForwardSteps(T, B, H, type, layout, bytes, w_h.untyped_data(), h0.untyped_data(), c0.typed_data(),
+                 hs->untyped_data(), c_last->typed_data(), h_last->untyped_data());
+  } catch (const std::exception& error) {
+    return ffi::Error::Internal(std::string("LSTM forward: ") + error.what());
+  }
+  return ffi::Error::Success();
+}
+
+// The backward's time steps, each thread its rows from the last step back: dZ into `dz` (in the matmul type;
+// also in f32 into `exact` where given), W_hᵀ packed into `packed`, the carries' gradients in place in dc0 and
+// dh0 (which start as the final carries'), db (where given) and dW_h = [h0; hs[:-1]]ᵀ dZ.
+void BackwardSteps(int64_t T, int64_t B, int64_t H, Type type, const Layout& layout, const char* workspace,
+                   char* dz, char* packed, const void* w_h, const float* c0, const void* h0, const void* hs,
+                   const float* d_hs, float* dc0, float* dh0, float* dw_h, float* db, float* exact) {
+  const int64_t G = 4 * H;
+  const size_t e = type == Type::bf16 ? 2 : 4;
+  const float *gates = reinterpret_cast<const float*>(workspace), *cs = reinterpret_cast<const float*>(workspace + layout.cs);
+  const float* tanh_cs = reinterpret_cast<const float*>(workspace + layout.tanh_cs);
+  dnnl::stream stream(Engine());
+  Rows rows(B);
+  std::vector<float> db_parts(rows.threads * G);
+  const MatMul& first = BackwardStep(rows, 0, H, type);
+  memory w_h_t = first.Pack(w_h, stream, packed);
+  std::string failure;
+#pragma omp parallel num_threads(rows.threads)
+  {
+    int k = omp_get_thread_num();
+    int64_t r0 = rows.Begin(k), r1 = rows.Begin(k + 1);
+    try {
+      const MatMul& step = BackwardStep(rows, k, H, type);
+      dnnl::stream own(Engine());
+      bool shared = step.pd.weights_desc() == first.pd.weights_desc();
+      memory w = shared ? w_h_t : step.Pack(w_h, own);
+      float *dc = dc0 + r0 * H, *dh = dh0 + r0 * H, *dbk = db_parts.data() + k * G;
+      if (type == Type::bf16 && exact) {
+        BackwardRows<bf16, true>(T, B, H, r0, r1, step, w, c0, gates, cs, tanh_cs, d_hs, dc, dh,
+                                 reinterpret_cast<bf16*>(dz), exact, dbk, own);
+      } else if (type == Type::bf16) {
+        BackwardRows<bf16, false>(T, B, H, r0, r1, step, w, c0, gates, cs, tanh_cs, d_hs, dc, dh,
+                                  reinterpret_cast<bf16*>(dz), nullptr, dbk, own);
+      } else {  // f32: dZ is already exact
+        BackwardRows<float, false>(T, B, H, r0, r1, step, w, c0, gates, cs, tanh_cs, d_hs, dc, dh,
+                                   reinterpret_cast<float*>(dz), nullptr, dbk, own);
+      }
+      own.wait();
+    } catch (const std::exception& error) {
+#pragma omp critical
+      failure = error.what();
+    }
+  }
+  if (!failure.empty()) throw std::runtime_error(failure);
+  if (db) {
+    std::fill(db, db + G, 0.f);
+    for (int k = 0; k < rows.threads; ++k) {
+      for (int64_t j = 0; j < G; ++j) db[j] += db_parts[k * G + j];
+    }
+  }
+  // dW_h: the first step's term, then the rest added.
+  GetMatMul(H, B, G, type, true, false, false, false, false).Run(stream, h0, dz, dw_h);
+  if (T > 1) {
+    GetMatMul(H, (T - 1) * B, G, type, true, false, false, true, false).Run(stream, hs, dz + B * G * e, dw_h);
+  }
+  stream.wait();
 }
 
 ffi::Error Backward(Any x, Any w_x, Any w_h, F32 b, F32 c0, Any h0, Any hs, F32 c_last, Any h_last,
@@ -318,60 +410,47 @@ ffi::Error Backward(Any x, Any w_x, Any w_h, F32 b, F32 c0, Any h0, Any hs, F32 
   auto dims = x.dimensions();
   const int64_t T = dims[0], B = dims[1], I = dims[2], H = h0.dimensions()[1], G = 4 * H;
   const Type type = TypeOf(x);
-  const size_t e = type == Type::bf16 ? 2 : 4;
   try {
     Layout layout(T, B, H, type);
     if (int64_t(scratch->size_bytes()) != layout.scratch) return ffi::Error::InvalidArgument("scratch size");
-    const char* bytes = static_cast<const char*>(workspace.untyped_data());
-    const float *gates = reinterpret_cast<const float*>(bytes), *cs = reinterpret_cast<const float*>(bytes + layout.cs);
-    const float* tanh_cs = reinterpret_cast<const float*>(bytes + layout.tanh_cs);
     char* dz = static_cast<char*>(scratch->untyped_data());
-    dnnl::stream stream(Engine());
     std::memcpy(dc0->typed_data(), d_c_last.typed_data(), B * H * 4);  // the carries flowing back, in place
     std::memcpy(dh0->typed_data(), d_h_last.typed_data(), B * H * 4);
-    Rows rows(B);
-    std::vector<float> db_parts(rows.threads * G);
-    const MatMul& first = BackwardStep(rows, 0, H, type);
-    memory w_h_t = first.Pack(w_h.untyped_data(), stream, dz + layout.w_h_t);
-    std::string failure;
-#pragma omp parallel num_threads(rows.threads)
-    {
-      int k = omp_get_thread_num();
-      int64_t r0 = rows.Begin(k), r1 = rows.Begin(k + 1);
-      try {
-        const MatMul& step = BackwardStep(rows, k, H, type);
-        dnnl::stream own(Engine());
-        bool shared = step.pd.weights_desc() == first.pd.weights_desc();
-        memory w = shared ? w_h_t : step.Pack(w_h.untyped_data(), own);
-        float *dc = dc0->typed_data() + r0 * H, *dh = dh0->typed_data() + r0 * H, *dbk = db_parts.data() + k * G;
-        if (type == Type::bf16) {
-          BackwardRows<bf16>(T, B, H, r0, r1, step, w, c0.typed_data(), gates, cs, tanh_cs, d_hs.typed_data(), dc,
-                             dh, reinterpret_cast<bf16*>(dz), dbk, own);
-        } else {
-          BackwardRows<float>(T, B, H, r0, r1, step, w, c0.typed_data(), gates, cs, tanh_cs, d_hs.typed_data(), dc,
-                              dh, reinterpret_cast<float*>(dz), dbk, own);
-        }
-        own.wait();
-      } catch (const std::exception& error) {
-#pragma omp critical
-        failure = error.what();
-      }
-    }
-    if (!failure.empty()) throw std::runtime_error(failure);
-    float* bias_grad = db->typed_data();
-    std::fill(bias_grad, bias_grad + G, 0.f);
-    for (int k = 0; k < rows.threads; ++k) {
-      for (int64_t j = 0; j < G; ++j) bias_grad[j] += db_parts[k * G + j];
-    }
-    // dW_h = [h0; hs[:-1]]ᵀ dZ: the first step's term, then the rest added.
-    GetMatMul(H, B, G, type, true, false, false, false, false).Run(stream, h0.untyped_data(), dz, dw_h->typed_data());
-    if (T > 1) {
-      GetMatMul(H, (T - 1) * B, G, type, true, false, false, true, false)
-          .Run(stream, hs.untyped_data(), dz + B * G * e, dw_h->typed_data());
-    }
+    BackwardSteps(T, B, H, type, layout, static_cast<const char*>(workspace.untyped_data()), dz,
+                  dz + layout.w_h_t, w_h.untyped_data(),
+                  c0.typed_data(), h0.untyped_data(), hs.untyped_data(), d_hs.typed_data(), dc0->typed_data(),
+                  dh0->typed_data(), dw_h->typed_data(), db->typed_data(), nullptr);
+    dnnl::stream stream(Engine());
     GetMatMul(I, T * B, G, type, true, false, false, false, false).Run(stream, x.untyped_data(), dz, dw_x->typed_data());
     GetMatMul(T * B, G, I, type, false, true, false, false, false).Run(stream, dz, w_x.untyped_data(), dx->typed_data());
     stream.wait();
+  } catch (const std::exception& error) {
+    return ffi::Error::Internal(std::string("LSTM backward: ") + error.what());
+  }
+  return ffi::Error::Success();
+}
+
+// The backward of ProjectedForward: dz, the gradient of the input projection (f32 [T, B, 4H]), in place of dx,
+// dW_x and db, which the caller derives from it.
+ffi::Error ProjectedBackward(Any w_h, F32 c0, Any h0, Any hs, ffi::Buffer<ffi::U8> workspace, F32 d_hs,
+                             F32 d_c_last, F32 d_h_last, Out dz, Out dw_h, Out dc0, Out dh0,
+                             ffi::ResultBuffer<ffi::U8> scratch) {
+  auto dims = hs.dimensions();
+  const int64_t T = dims[0], B = dims[1], H = dims[2];
+  const Type type = TypeOf(h0);
+  try {
+    Layout layout(T, B, H, type);
+    if (int64_t(scratch->size_bytes()) != layout.scratch) return ffi::Error::InvalidArgument("scratch size");
+    std::memcpy(dc0->typed_data(), d_c_last.typed_data(), B * H * 4);
+    std::memcpy(dh0->typed_data(), d_h_last.typed_data(), B * H * 4);
+    char* bytes = static_cast<char*>(scratch->untyped_data());
+    bool bf16 = type == Type::bf16;
+    // f32: dZ itself is the output (the scratch keeps only the packed W_hᵀ); bf16: dZ rounded for the matmuls
+    // in the scratch, and exact in the output.
+    char* dz_for_matmuls = bf16 ? bytes : reinterpret_cast<char*>(dz->typed_data());
+    BackwardSteps(T, B, H, type, layout, static_cast<const char*>(workspace.untyped_data()), dz_for_matmuls,
+                  bytes + layout.w_h_t, w_h.untyped_data(), c0.typed_data(), h0.untyped_data(), hs.untyped_data(), d_hs.typed_data(),
+                  dc0->typed_data(), dh0->typed_data(), dw_h->typed_data(), nullptr, bf16 ? dz->typed_data() : nullptr);
   } catch (const std::exception& error) {
     return ffi::Error::Internal(std::string("LSTM backward: ") + error.what());
   }
@@ -407,6 +486,33 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(tweetbot_lstm_backward, Backward,
                                   .Ret<F32>()  // dw_x
                                   .Ret<F32>()  // dw_h
                                   .Ret<F32>()  // db
+                                  .Ret<F32>()  // dc0
+                                  .Ret<F32>()  // dh0
+                                  .Ret<ffi::Buffer<ffi::U8>>());  // scratch
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(tweetbot_lstm_projected_forward, ProjectedForward,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32>()  // z = x W_x + b
+                                  .Arg<Any>()  // w_h
+                                  .Arg<F32>()  // c0
+                                  .Arg<Any>()  // h0
+                                  .Ret<Any>()  // hs
+                                  .Ret<F32>()  // c_last
+                                  .Ret<Any>()  // h_last
+                                  .Ret<ffi::Buffer<ffi::U8>>());  // workspace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(tweetbot_lstm_projected_backward, ProjectedBackward,
+                              ffi::Ffi::Bind()
+                                  .Arg<Any>()  // w_h
+                                  .Arg<F32>()  // c0
+                                  .Arg<Any>()  // h0
+                                  .Arg<Any>()  // hs
+                                  .Arg<ffi::Buffer<ffi::U8>>()  // workspace
+                                  .Arg<F32>()  // d_hs
+                                  .Arg<F32>()  // d_c_last
+                                  .Arg<F32>()  // d_h_last
+                                  .Ret<F32>()  // dz
+                                  .Ret<F32>()  // dw_h
                                   .Ret<F32>()  // dc0
                                   .Ret<F32>()  // dh0
                                   .Ret<ffi::Buffer<ffi::U8>>());  // scratch

@@ -80,28 +80,40 @@ class CharRNN(nn.Module):
         return self.init(key, tokens, self.initial_carry(1), **chars_left)
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, carry, train: bool = False, recurrence=None, chars_left=None):
+    def __call__(self, tokens: jax.Array, carry, train: bool = False, recurrence=None, chars_left=None, projected=None):
         hidden, width = self.rnn_size, GATES[self.cell] * self.rnn_size
         recurrence = recurrence or RECURRENCES[self.cell]
-        x = nn.Embed(self.vocab_size, hidden, name="embed")(tokens.T)  # time-major: [T, B, H]
+        # The first layer's input: the sum of rows of embedding tables, time-major [T, B] indices each.
+        inputs = [(nn.Embed(self.vocab_size, hidden, name="embed"), tokens.T)]
         new_carry = []
         if self.position_input:
             positions = post_positions(tokens, carry[self.num_layers])
             buckets = jnp.minimum(positions // POSITION_STEP, POSITION_BUCKETS - 1)
             # Zeros at first: a fresh model starts as one without it, and fine-tunes a checkpoint without it.
             position = nn.Embed(POSITION_BUCKETS, hidden, embedding_init=nn.initializers.zeros, name="position")
-            x = x + position(buckets.T)
+            inputs.append((position, buckets.T))
         if self.reads_length:
             if chars_left is None:
                 raise ValueError("this model reads how many characters are left (length_quantiles): pass chars_left")
             left = nn.Embed(CHARS_LEFT_BUCKETS, hidden, embedding_init=nn.initializers.zeros, name="chars_left")
-            x = x + left(chars_left_buckets(chars_left).T)
+            inputs.append((left, chars_left_buckets(chars_left).T))
+        # `projected` (training on a CPU: tweetbot.kernels.lstm_projected) runs the first layer over its input
+        # projection made from the tables: each table times W_x, then its rows gathered and summed, in place of
+        # a [T*B, H] x [H, 4H] matmul (and two more in the backward). Input dropout would come between the
+        # lookup and the matmul, so with it the first layer takes the plain path.
+        fold = projected is not None and (self.input_keep_prob == 1.0 or not train)
+        x = None if fold else sum(table(rows) for table, rows in inputs)  # [T, B, H]
         for layer in range(self.num_layers):
-            x = nn.Dropout(1.0 - self.input_keep_prob, deterministic=not train)(x)
-            w_x = self.param(f"w_x_{layer}", nn.initializers.lecun_normal(), (x.shape[-1], width))
+            w_x = self.param(f"w_x_{layer}", nn.initializers.lecun_normal(), (hidden, width))
             w_h = self.param(f"w_h_{layer}", nn.initializers.orthogonal(), (hidden, width))
             b = self.param(f"b_{layer}", _bias_init(self.cell), (width,))
-            layer_carry, x = recurrence(x, w_x, w_h, b, carry[layer], self.matmul_dtype)
+            if layer == 0 and fold:
+                z = b + sum(jnp.take(matmul(table.embedding, w_x, self.matmul_dtype), rows, axis=0)
+                            for table, rows in inputs)  # fmt: skip
+                layer_carry, x = projected(z, w_h, carry[layer], self.matmul_dtype)
+            else:
+                x = nn.Dropout(1.0 - self.input_keep_prob, deterministic=not train)(x)
+                layer_carry, x = recurrence(x, w_x, w_h, b, carry[layer], self.matmul_dtype)
             x = nn.Dropout(1.0 - self.output_keep_prob, deterministic=not train)(x)
             new_carry.append(layer_carry)
         dot = partial(mixed_dot_general, jnp.dtype(self.matmul_dtype))
