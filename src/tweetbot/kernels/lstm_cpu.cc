@@ -8,9 +8,11 @@
 //             Z_t += h_{t-1} W_h, the gates, c_t, h_t.
 //   backward: each thread, for its rows, from the last step back: dZ_t from the gates, dh_{t-1} = dZ_t W_hᵀ;
 //             then dW_h = H_prevᵀ dZ, dW_x = Xᵀ dZ, dX = dZ W_xᵀ, one big matmul each on all threads.
+// The first layer has entries of its own (ProjectedForward, ProjectedBackward): its caller makes Z from the
+// embedding tables, and takes dZ back in place of dX and dW_x.
 // The matmuls are oneDNN's (f32, or bf16 inputs summed in f32, with AMX where the CPU has it); the gate
-// arithmetic is plain loops that the compiler vectorizes (libmvec's expf and tanhf). The forward keeps the
-// activated gates and tanh(c) for the backward, so it computes no transcendental.
+// arithmetic is plain loops that the compiler vectorizes (Tanh below). The forward keeps the activated gates and
+// tanh(c) for the backward, so the backward computes no tanh.
 // Layouts are tweetbot's: x [T, B, I], w_x [I, 4H], w_h [H, 4H] (gates i, f, g, o), b [4H], c and h [B, H],
 // hs [T, B, H]. Built by `make kernels` (part of `make install`); loaded by tweetbot/kernels/__init__.py.
 
@@ -143,8 +145,8 @@ inline E Store(float v) {
 }
 
 // tanh as XLA's CPU backend and Eigen compute it: a 13/6 rational approximation on [-7.9, 7.9] (within a few
-// float ulps), a dozen multiply-adds and a division that vectorize, where libmvec's tanhf and expf cost about
-// twice as much; sigmoid from it.
+// float ulps), a dozen multiply-adds and a division that vectorize; sigmoid from it. In place of libmvec's tanhf
+// and expf, the h128 layer's forward was 3% faster side by side.
 inline float Tanh(float x) {
   x = std::clamp(x, -7.90531110763549805f, 7.90531110763549805f);
   if (std::fabs(x) < 0.0004f) return x;
