@@ -64,12 +64,13 @@ def lstm_recurrence(model):
 
 
 @functools.cache
-def _buffer_bytes(time: int, batch: int, hidden: int, dtype) -> tuple[int, int] | None:
-    """The sizes of the forward's workspace and the backward's scratch, in bytes (None: no fast matmul)."""
-    sizes = (ctypes.c_int64 * 2)()
+def _buffer_bytes(time: int, batch: int, hidden: int, dtype) -> tuple[int, int, int] | None:
+    """The sizes of the forward's workspace, the backward's scratch and lstm_projected's workspace, in bytes
+    (None: no fast matmul)."""
+    sizes = (ctypes.c_int64 * 3)()
     if not _library().tweetbot_lstm_buffer_bytes(time, batch, hidden, dtype == jnp.bfloat16, sizes):
         return None
-    return sizes[0], sizes[1]
+    return sizes[0], sizes[1], sizes[2]
 
 
 def _buffer(time: int, batch: int, hidden: int, dtype, which: int) -> jax.ShapeDtypeStruct:
@@ -144,12 +145,12 @@ def _projected_forward(z, w_h, carry, dtype):
         jax.ShapeDtypeStruct((time, batch, hidden), dtype),
         jax.ShapeDtypeStruct((batch, hidden), jnp.float32),
         jax.ShapeDtypeStruct((batch, hidden), dtype),
-        _buffer(time, batch, hidden, dtype, 0),
+        jax.ShapeDtypeStruct(z.shape, jnp.float32),  # the gates, in z's own buffer
+        _buffer(time, batch, hidden, dtype, 2),
     )
-    hs, c, h, workspace = jax.ffi.ffi_call("tweetbot_lstm_projected_forward", outputs)(
-        z.astype(jnp.float32), w_h, c0, h0
-    )
-    return (hs, c, h, workspace), (w_h, h0)
+    call = jax.ffi.ffi_call("tweetbot_lstm_projected_forward", outputs, input_output_aliases={0: 3})
+    hs, c, h, gates, workspace = call(z.astype(jnp.float32), w_h, c0, h0)
+    return (hs, c, h, (gates, workspace)), (w_h, h0)
 
 
 def _projected_fwd(z, w_h, carry, dtype):
@@ -159,7 +160,7 @@ def _projected_fwd(z, w_h, carry, dtype):
 
 
 def _projected_bwd(dtype, residuals, cotangents):
-    w_h, c0, h0, hs, workspace = residuals
+    w_h, c0, h0, hs, (gates, workspace) = residuals
     (dc, dh), dhs = cotangents
     time, batch, hidden = hs.shape
     outputs = (
@@ -170,7 +171,7 @@ def _projected_bwd(dtype, residuals, cotangents):
         _buffer(time, batch, hidden, hs.dtype, 1),  # the kernel's own, dropped after the call
     )
     dz, dw_h, dc0, dh0, _ = jax.ffi.ffi_call("tweetbot_lstm_projected_backward", outputs)(
-        w_h, c0, h0, hs, workspace, dhs, dc, dh
+        w_h, c0, h0, hs, gates, workspace, dhs, dc, dh
     )
     return dz, dw_h, (dc0, dh0)
 

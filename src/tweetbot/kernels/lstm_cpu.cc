@@ -221,16 +221,17 @@ const MatMul& BackwardStep(const Rows& rows, int k, int64_t H, Type type) {
 }
 
 // Where things lie in the two byte buffers that XLA allocates for a call (so that the kernel allocates nothing):
-//   workspace (the forward's, kept for the backward): the activated gates [T, B, 4H], c [T, B, H], tanh(c)
-//     [T, B, H], all f32; then W_h packed for the forward's step matmul.
+//   workspace (the forward's, kept for the backward): the activated gates [T, B, 4H] (but for the projected
+//     entries, which keep them in the buffer of the caller's Z), c [T, B, H], tanh(c) [T, B, H], all f32; then
+//     W_h packed for the forward's step matmul.
 //   scratch (the backward's): dZ [T, B, 4H] in the matmul type; then W_hᵀ packed for the backward's step matmul.
 struct Layout {
   int64_t cs, tanh_cs, w_h, workspace;  // byte offsets (the gates at 0) and the size
   int64_t w_h_t, scratch;               // byte offsets (dZ at 0) and the size
-  Layout(int64_t T, int64_t B, int64_t H, Type type) {
+  Layout(int64_t T, int64_t B, int64_t H, Type type, bool gates_inside = true) {
     auto aligned = [](int64_t bytes) { return (bytes + 63) / 64 * 64; };
     Rows rows(B);
-    cs = T * B * 4 * H * 4;
+    cs = gates_inside ? T * B * 4 * H * 4 : 0;
     tanh_cs = cs + T * B * H * 4;
     w_h = aligned(tanh_cs + T * B * H * 4);
     workspace = w_h + ForwardStep(rows, 0, H, type).packed_bytes();
@@ -288,10 +289,10 @@ Type TypeOf(const ffi::AnyBuffer& buffer) {
 
 // The forward's time steps, once the workspace's gates hold the input projection Z = X W_x + b: each thread
 // takes its rows through all T steps; then the last c and h.
-void ForwardSteps(int64_t T, int64_t B, int64_t H, Type type, const Layout& layout, char* workspace,
+void ForwardSteps(int64_t T, int64_t B, int64_t H, Type type, const Layout& layout, float* gates, char* workspace,
                   const void* w_h, const void* h0, const float* c0, void* hs, float* c_last, void* h_last) {
   const size_t e = type == Type::bf16 ? 2 : 4;
-  float *gates = reinterpret_cast<float*>(workspace), *cs = reinterpret_cast<float*>(workspace + layout.cs);
+  float* cs = reinterpret_cast<float*>(workspace + layout.cs);
   float* tanh_cs = reinterpret_cast<float*>(workspace + layout.tanh_cs);
   dnnl::stream stream(Engine());
   Rows rows(B);
@@ -339,8 +340,8 @@ ffi::Error Forward(Any x, Any w_x, Any w_h, F32 b, F32 c0, Any h0, AnyOut hs, Ou
     GetMatMul(T * B, I, G, type, false, false, true, false, false)
         .Run(stream, x.untyped_data(), w_x.untyped_data(), bytes, b.typed_data());  // Z = X W_x + b
     stream.wait();
-    ForwardSteps(T, B, H, type, layout, bytes, w_h.untyped_data(), h0.untyped_data(), c0.typed_data(),
-                 hs->untyped_data(), c_last->typed_data(), h_last->untyped_data());
+    ForwardSteps(T, B, H, type, layout, reinterpret_cast<float*>(bytes), bytes, w_h.untyped_data(),
+                 h0.untyped_data(), c0.typed_data(), hs->untyped_data(), c_last->typed_data(), h_last->untyped_data());
   } catch (const std::exception& error) {
     return ffi::Error::Internal(std::string("LSTM forward: ") + error.what());
   }
@@ -349,18 +350,20 @@ ffi::Error Forward(Any x, Any w_x, Any w_h, F32 b, F32 c0, Any h0, AnyOut hs, Ou
 
 // The same over an input projection the caller made (z = X W_x + b, f32 [T, B, 4H]): the first layer, whose
 // input is rows of embedding tables, projects the tables and gathers their rows.
-ffi::Error ProjectedForward(F32 z, Any w_h, F32 c0, Any h0, AnyOut hs, Out c_last, AnyOut h_last,
+// `gates` is z's own buffer (the caller aliases them), where the steps add h W_h and then leave the activated
+// gates for the backward.
+ffi::Error ProjectedForward(F32 z, Any w_h, F32 c0, Any h0, AnyOut hs, Out c_last, AnyOut h_last, Out gates,
                             ffi::ResultBuffer<ffi::U8> workspace) {
   auto dims = z.dimensions();
   const int64_t T = dims[0], B = dims[1], H = h0.dimensions()[1];
   const Type type = TypeOf(h0);
   try {
-    Layout layout(T, B, H, type);
+    Layout layout(T, B, H, type, false);
     if (int64_t(workspace->size_bytes()) != layout.workspace) return ffi::Error::InvalidArgument("workspace size");
-    char* bytes = static_cast<char*>(workspace->untyped_data());
-    std::memcpy(bytes, z.typed_data(), z.size_bytes());  // the steps add h W_h to it in place
-    ForwardSteps(T, B, H, type, layout, bytes, w_h.untyped_data(), h0.untyped_data(), c0.typed_data(),
-                 hs->untyped_data(), c_last->typed_data(), h_last->untyped_data());
+    if (gates->typed_data() != z.typed_data()) std::memcpy(gates->typed_data(), z.typed_data(), z.size_bytes());
+    ForwardSteps(T, B, H, type, layout, gates->typed_data(), static_cast<char*>(workspace->untyped_data()),
+                 w_h.untyped_data(), h0.untyped_data(), c0.typed_data(), hs->untyped_data(), c_last->typed_data(),
+                 h_last->untyped_data());
   } catch (const std::exception& error) {
     return ffi::Error::Internal(std::string("LSTM forward: ") + error.what());
   }
@@ -370,12 +373,12 @@ ffi::Error ProjectedForward(F32 z, Any w_h, F32 c0, Any h0, AnyOut hs, Out c_las
 // The backward's time steps, each thread its rows from the last step back: dZ into `dz` (in the matmul type;
 // also in f32 into `exact` where given), W_hᵀ packed into `packed`, the carries' gradients in place in dc0 and
 // dh0 (which start as the final carries'), db (where given) and dW_h = [h0; hs[:-1]]ᵀ dZ.
-void BackwardSteps(int64_t T, int64_t B, int64_t H, Type type, const Layout& layout, const char* workspace,
-                   char* dz, char* packed, const void* w_h, const float* c0, const void* h0, const void* hs,
+void BackwardSteps(int64_t T, int64_t B, int64_t H, Type type, const Layout& layout, const float* gates,
+                   const char* workspace, char* dz, char* packed, const void* w_h, const float* c0, const void* h0, const void* hs,
                    const float* d_hs, float* dc0, float* dh0, float* dw_h, float* db, float* exact) {
   const int64_t G = 4 * H;
   const size_t e = type == Type::bf16 ? 2 : 4;
-  const float *gates = reinterpret_cast<const float*>(workspace), *cs = reinterpret_cast<const float*>(workspace + layout.cs);
+  const float* cs = reinterpret_cast<const float*>(workspace + layout.cs);
   const float* tanh_cs = reinterpret_cast<const float*>(workspace + layout.tanh_cs);
   dnnl::stream stream(Engine());
   Rows rows(B);
@@ -436,8 +439,8 @@ ffi::Error Backward(Any x, Any w_x, Any w_h, F32 b, F32 c0, Any h0, Any hs, F32 
     char* dz = static_cast<char*>(scratch->untyped_data());
     std::memcpy(dc0->typed_data(), d_c_last.typed_data(), B * H * 4);  // the carries flowing back, in place
     std::memcpy(dh0->typed_data(), d_h_last.typed_data(), B * H * 4);
-    BackwardSteps(T, B, H, type, layout, static_cast<const char*>(workspace.untyped_data()), dz,
-                  dz + layout.w_h_t, w_h.untyped_data(),
+    const char* bytes = static_cast<const char*>(workspace.untyped_data());
+    BackwardSteps(T, B, H, type, layout, reinterpret_cast<const float*>(bytes), bytes, dz, dz + layout.w_h_t, w_h.untyped_data(),
                   c0.typed_data(), h0.untyped_data(), hs.untyped_data(), d_hs.typed_data(), dc0->typed_data(),
                   dh0->typed_data(), dw_h->typed_data(), db->typed_data(), nullptr);
     dnnl::stream stream(Engine());
@@ -452,14 +455,14 @@ ffi::Error Backward(Any x, Any w_x, Any w_h, F32 b, F32 c0, Any h0, Any hs, F32 
 
 // The backward of ProjectedForward: dz, the gradient of the input projection (f32 [T, B, 4H]), in place of dx,
 // dW_x and db, which the caller derives from it.
-ffi::Error ProjectedBackward(Any w_h, F32 c0, Any h0, Any hs, ffi::Buffer<ffi::U8> workspace, F32 d_hs,
-                             F32 d_c_last, F32 d_h_last, Out dz, Out dw_h, Out dc0, Out dh0,
+ffi::Error ProjectedBackward(Any w_h, F32 c0, Any h0, Any hs, F32 gates, ffi::Buffer<ffi::U8> workspace,
+                             F32 d_hs, F32 d_c_last, F32 d_h_last, Out dz, Out dw_h, Out dc0, Out dh0,
                              ffi::ResultBuffer<ffi::U8> scratch) {
   auto dims = hs.dimensions();
   const int64_t T = dims[0], B = dims[1], H = dims[2];
   const Type type = TypeOf(h0);
   try {
-    Layout layout(T, B, H, type);
+    Layout layout(T, B, H, type, false);
     if (int64_t(scratch->size_bytes()) != layout.scratch) return ffi::Error::InvalidArgument("scratch size");
     std::memcpy(dc0->typed_data(), d_c_last.typed_data(), B * H * 4);
     std::memcpy(dh0->typed_data(), d_h_last.typed_data(), B * H * 4);
@@ -468,9 +471,10 @@ ffi::Error ProjectedBackward(Any w_h, F32 c0, Any h0, Any hs, ffi::Buffer<ffi::U
     // f32: dZ itself is the output (the scratch keeps only the packed W_hᵀ); bf16: dZ rounded for the matmuls
     // in the scratch, and exact in the output.
     char* dz_for_matmuls = bf16 ? bytes : reinterpret_cast<char*>(dz->typed_data());
-    BackwardSteps(T, B, H, type, layout, static_cast<const char*>(workspace.untyped_data()), dz_for_matmuls,
-                  bytes + layout.w_h_t, w_h.untyped_data(), c0.typed_data(), h0.untyped_data(), hs.untyped_data(), d_hs.typed_data(),
-                  dc0->typed_data(), dh0->typed_data(), dw_h->typed_data(), nullptr, bf16 ? dz->typed_data() : nullptr);
+    BackwardSteps(T, B, H, type, layout, gates.typed_data(), static_cast<const char*>(workspace.untyped_data()),
+                  dz_for_matmuls, bytes + layout.w_h_t, w_h.untyped_data(), c0.typed_data(), h0.untyped_data(),
+                  hs.untyped_data(), d_hs.typed_data(), dc0->typed_data(), dh0->typed_data(), dw_h->typed_data(),
+                  nullptr, bf16 ? dz->typed_data() : nullptr);
   } catch (const std::exception& error) {
     return ffi::Error::Internal(std::string("LSTM backward: ") + error.what());
   }
@@ -519,6 +523,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(tweetbot_lstm_projected_forward, ProjectedForward,
                                   .Ret<Any>()  // hs
                                   .Ret<F32>()  // c_last
                                   .Ret<Any>()  // h_last
+                                  .Ret<F32>()  // gates: z's buffer
                                   .Ret<ffi::Buffer<ffi::U8>>());  // workspace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(tweetbot_lstm_projected_backward, ProjectedBackward,
@@ -527,6 +532,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(tweetbot_lstm_projected_backward, ProjectedBackwar
                                   .Arg<F32>()  // c0
                                   .Arg<Any>()  // h0
                                   .Arg<Any>()  // hs
+                                  .Arg<F32>()  // gates
                                   .Arg<ffi::Buffer<ffi::U8>>()  // workspace
                                   .Arg<F32>()  // d_hs
                                   .Arg<F32>()  // d_c_last
@@ -537,7 +543,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(tweetbot_lstm_projected_backward, ProjectedBackwar
                                   .Ret<F32>()  // dh0
                                   .Ret<ffi::Buffer<ffi::U8>>());  // scratch
 
-// The sizes of the forward's workspace and the backward's scratch for this shape, in bytes (sizes[0], sizes[1]);
+// The sizes of the forward's workspace, the backward's scratch and the projected forward's workspace for this
+// shape, in bytes (sizes[0..2]);
 // false where oneDNN has only its reference matmul for this type on this CPU (bf16 without AVX-512: a Zen 3 EPYC,
 // say), which the pure-JAX scan outruns.
 extern "C" bool tweetbot_lstm_buffer_bytes(int64_t T, int64_t B, int64_t H, int bf16, int64_t* sizes) {
@@ -545,7 +552,7 @@ extern "C" bool tweetbot_lstm_buffer_bytes(int64_t T, int64_t B, int64_t H, int 
     Type type = bf16 ? Type::bf16 : Type::f32;
     if (std::string(ForwardStep(Rows(B), 0, H, type).pd.impl_info_str()).rfind("ref", 0) == 0) return false;
     Layout layout(T, B, H, type);
-    sizes[0] = layout.workspace, sizes[1] = layout.scratch;
+    sizes[0] = layout.workspace, sizes[1] = layout.scratch, sizes[2] = Layout(T, B, H, type, false).workspace;
     return true;
   } catch (const std::exception&) {
     return false;
