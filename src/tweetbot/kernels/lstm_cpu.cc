@@ -122,13 +122,7 @@ const MatMul& GetMatMul(int64_t M, int64_t K, int64_t N, Type type, bool a_t, bo
   return *entry;
 }
 
-// bf16 <-> f32: bf16 is the top half of an f32; rounding to nearest even, as XLA's convert does.
-inline float Widen(bf16 v) {
-  uint32_t bits = uint32_t(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
+// f32 -> bf16 (the top half of an f32), rounding to nearest even, as XLA's convert does.
 inline bf16 Round(float f) {
   uint32_t bits;
   std::memcpy(&bits, &f, 4);
@@ -208,7 +202,8 @@ void GatesBackward(int64_t H, const float* __restrict gi, const float* __restric
 struct Rows {
   int64_t batch;
   int threads;
-  explicit Rows(int64_t batch) : batch(batch), threads(int(std::clamp<int64_t>(batch / 8, 1, omp_get_max_threads()))) {}
+  explicit Rows(int64_t batch)
+      : batch(batch), threads(int(std::clamp<int64_t>(batch / 8, 1, omp_get_max_threads()))) {}
   int64_t Begin(int k) const { return batch * k / threads; }
 };
 
@@ -218,6 +213,33 @@ const MatMul& ForwardStep(const Rows& rows, int k, int64_t H, Type type) {
 }
 const MatMul& BackwardStep(const Rows& rows, int k, int64_t H, Type type) {
   return GetMatMul(rows.Begin(k + 1) - rows.Begin(k), 4 * H, H, type, false, true, false, false, true);
+}
+
+// Runs body(k, r0, r1, stream) on each thread k of `rows`, for its rows [r0, r1), with a stream of its own; an
+// exception in any thread is thrown again here, once they have all finished.
+template <typename Body>
+void OnEachThread(const Rows& rows, Body body) {
+  std::string failure;
+#pragma omp parallel num_threads(rows.threads)
+  {
+    int k = omp_get_thread_num();
+    try {
+      dnnl::stream own(Engine());
+      body(k, rows.Begin(k), rows.Begin(k + 1), own);
+      own.wait();
+    } catch (const std::exception& error) {
+#pragma omp critical
+      failure = error.what();
+    }
+  }
+  if (!failure.empty()) throw std::runtime_error(failure);
+}
+
+// The packed W_h (or W_hᵀ) for `step`: thread 0's, `packed` by `first`, where the two matmuls read the same
+// packing; an uneven split may give the other rows' matmul another, and then it packs its own copy.
+memory PackedFor(const MatMul& step, const MatMul& first, const memory& packed, const void* w_h,
+                 dnnl::stream& stream) {
+  return step.pd.weights_desc() == first.pd.weights_desc() ? packed : step.Pack(w_h, stream);
 }
 
 // Where things lie in the two byte buffers that XLA allocates for a call (so that the kernel allocates nothing):
@@ -298,31 +320,17 @@ void ForwardSteps(int64_t T, int64_t B, int64_t H, Type type, const Layout& layo
   Rows rows(B);
   const MatMul& first = ForwardStep(rows, 0, H, type);
   memory w_h_packed = first.Pack(w_h, stream, workspace + layout.w_h);
-  std::string failure;
-#pragma omp parallel num_threads(rows.threads)
-  {
-    int k = omp_get_thread_num();
-    int64_t r0 = rows.Begin(k), r1 = rows.Begin(k + 1);
-    try {
-      const MatMul& step = ForwardStep(rows, k, H, type);
-      dnnl::stream own(Engine());
-      // An uneven split may give the other rows' matmul another packing: then its own copy.
-      bool shared = step.pd.weights_desc() == first.pd.weights_desc();
-      memory w = shared ? w_h_packed : step.Pack(w_h, own);
-      if (type == Type::bf16) {
-        ForwardRows<bf16>(T, B, H, r0, r1, step, w, static_cast<const bf16*>(h0), c0, gates, cs, tanh_cs,
-                          static_cast<bf16*>(hs), own);
-      } else {
-        ForwardRows<float>(T, B, H, r0, r1, step, w, static_cast<const float*>(h0), c0, gates, cs, tanh_cs,
-                           static_cast<float*>(hs), own);
-      }
-      own.wait();
-    } catch (const std::exception& error) {
-#pragma omp critical
-      failure = error.what();
+  OnEachThread(rows, [&](int k, int64_t r0, int64_t r1, dnnl::stream& own) {
+    const MatMul& step = ForwardStep(rows, k, H, type);
+    memory w = PackedFor(step, first, w_h_packed, w_h, own);
+    if (type == Type::bf16) {
+      ForwardRows<bf16>(T, B, H, r0, r1, step, w, static_cast<const bf16*>(h0), c0, gates, cs, tanh_cs,
+                        static_cast<bf16*>(hs), own);
+    } else {
+      ForwardRows<float>(T, B, H, r0, r1, step, w, static_cast<const float*>(h0), c0, gates, cs, tanh_cs,
+                         static_cast<float*>(hs), own);
     }
-  }
-  if (!failure.empty()) throw std::runtime_error(failure);
+  });
   std::memcpy(c_last, cs + (T - 1) * B * H, B * H * 4);
   std::memcpy(h_last, static_cast<char*>(hs) + (T - 1) * B * H * e, B * H * e);
 }
@@ -374,8 +382,9 @@ ffi::Error ProjectedForward(F32 z, Any w_h, F32 c0, Any h0, AnyOut hs, Out c_las
 // also in f32 into `exact` where given), W_hᵀ packed into `packed`, the carries' gradients in place in dc0 and
 // dh0 (which start as the final carries'), db (where given) and dW_h = [h0; hs[:-1]]ᵀ dZ.
 void BackwardSteps(int64_t T, int64_t B, int64_t H, Type type, const Layout& layout, const float* gates,
-                   const char* workspace, char* dz, char* packed, const void* w_h, const float* c0, const void* h0, const void* hs,
-                   const float* d_hs, float* dc0, float* dh0, float* dw_h, float* db, float* exact) {
+                   const char* workspace, char* dz, char* packed, const void* w_h, const float* c0, const void* h0,
+                   const void* hs, const float* d_hs, float* dc0, float* dh0, float* dw_h, float* db,
+                   float* exact) {
   const int64_t G = 4 * H;
   const size_t e = type == Type::bf16 ? 2 : 4;
   const float* cs = reinterpret_cast<const float*>(workspace + layout.cs);
@@ -385,34 +394,21 @@ void BackwardSteps(int64_t T, int64_t B, int64_t H, Type type, const Layout& lay
   std::vector<float> db_parts(rows.threads * G);
   const MatMul& first = BackwardStep(rows, 0, H, type);
   memory w_h_t = first.Pack(w_h, stream, packed);
-  std::string failure;
-#pragma omp parallel num_threads(rows.threads)
-  {
-    int k = omp_get_thread_num();
-    int64_t r0 = rows.Begin(k), r1 = rows.Begin(k + 1);
-    try {
-      const MatMul& step = BackwardStep(rows, k, H, type);
-      dnnl::stream own(Engine());
-      bool shared = step.pd.weights_desc() == first.pd.weights_desc();
-      memory w = shared ? w_h_t : step.Pack(w_h, own);
-      float *dc = dc0 + r0 * H, *dh = dh0 + r0 * H, *dbk = db_parts.data() + k * G;
-      if (type == Type::bf16 && exact) {
-        BackwardRows<bf16, true>(T, B, H, r0, r1, step, w, c0, gates, cs, tanh_cs, d_hs, dc, dh,
-                                 reinterpret_cast<bf16*>(dz), exact, dbk, own);
-      } else if (type == Type::bf16) {
-        BackwardRows<bf16, false>(T, B, H, r0, r1, step, w, c0, gates, cs, tanh_cs, d_hs, dc, dh,
-                                  reinterpret_cast<bf16*>(dz), nullptr, dbk, own);
-      } else {  // f32: dZ is already exact
-        BackwardRows<float, false>(T, B, H, r0, r1, step, w, c0, gates, cs, tanh_cs, d_hs, dc, dh,
-                                   reinterpret_cast<float*>(dz), nullptr, dbk, own);
-      }
-      own.wait();
-    } catch (const std::exception& error) {
-#pragma omp critical
-      failure = error.what();
+  OnEachThread(rows, [&](int k, int64_t r0, int64_t r1, dnnl::stream& own) {
+    const MatMul& step = BackwardStep(rows, k, H, type);
+    memory w = PackedFor(step, first, w_h_t, w_h, own);
+    float *dc = dc0 + r0 * H, *dh = dh0 + r0 * H, *dbk = db_parts.data() + k * G;
+    if (type == Type::bf16 && exact) {
+      BackwardRows<bf16, true>(T, B, H, r0, r1, step, w, c0, gates, cs, tanh_cs, d_hs, dc, dh,
+                               reinterpret_cast<bf16*>(dz), exact, dbk, own);
+    } else if (type == Type::bf16) {
+      BackwardRows<bf16, false>(T, B, H, r0, r1, step, w, c0, gates, cs, tanh_cs, d_hs, dc, dh,
+                                reinterpret_cast<bf16*>(dz), nullptr, dbk, own);
+    } else {  // f32: dZ is already exact
+      BackwardRows<float, false>(T, B, H, r0, r1, step, w, c0, gates, cs, tanh_cs, d_hs, dc, dh,
+                                 reinterpret_cast<float*>(dz), nullptr, dbk, own);
     }
-  }
-  if (!failure.empty()) throw std::runtime_error(failure);
+  });
   if (db) {
     std::fill(db, db + G, 0.f);
     for (int k = 0; k < rows.threads; ++k) {
@@ -440,12 +436,14 @@ ffi::Error Backward(Any x, Any w_x, Any w_h, F32 b, F32 c0, Any h0, Any hs, F32 
     std::memcpy(dc0->typed_data(), d_c_last.typed_data(), B * H * 4);  // the carries flowing back, in place
     std::memcpy(dh0->typed_data(), d_h_last.typed_data(), B * H * 4);
     const char* bytes = static_cast<const char*>(workspace.untyped_data());
-    BackwardSteps(T, B, H, type, layout, reinterpret_cast<const float*>(bytes), bytes, dz, dz + layout.w_h_t, w_h.untyped_data(),
-                  c0.typed_data(), h0.untyped_data(), hs.untyped_data(), d_hs.typed_data(), dc0->typed_data(),
-                  dh0->typed_data(), dw_h->typed_data(), db->typed_data(), nullptr);
+    BackwardSteps(T, B, H, type, layout, reinterpret_cast<const float*>(bytes), bytes, dz, dz + layout.w_h_t,
+                  w_h.untyped_data(), c0.typed_data(), h0.untyped_data(), hs.untyped_data(), d_hs.typed_data(),
+                  dc0->typed_data(), dh0->typed_data(), dw_h->typed_data(), db->typed_data(), nullptr);
     dnnl::stream stream(Engine());
-    GetMatMul(I, T * B, G, type, true, false, false, false, false).Run(stream, x.untyped_data(), dz, dw_x->typed_data());
-    GetMatMul(T * B, G, I, type, false, true, false, false, false).Run(stream, dz, w_x.untyped_data(), dx->typed_data());
+    GetMatMul(I, T * B, G, type, true, false, false, false, false)
+        .Run(stream, x.untyped_data(), dz, dw_x->typed_data());  // dW_x = Xᵀ dZ
+    GetMatMul(T * B, G, I, type, false, true, false, false, false)
+        .Run(stream, dz, w_x.untyped_data(), dx->typed_data());  // dX = dZ W_xᵀ
     stream.wait();
   } catch (const std::exception& error) {
     return ffi::Error::Internal(std::string("LSTM backward: ") + error.what());
