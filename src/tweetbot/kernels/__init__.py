@@ -4,8 +4,8 @@ time steps), made from XLA through `jax.ffi`.
 
     recurrence = kernels.lstm_recurrence(model)   # None: use the model's own pure-JAX recurrence
 
-It is used for every LSTM on the CPU backend where `make kernels` (part of `make
-install`) built lstm_cpu.so, in float32 or with bfloat16 matmul inputs (matmul_dtype: x, h, the weights and the
+It is used for every LSTM on the CPU backend where `make kernels` (part of `make install`) built lstm_cpu.so,
+in float32 or with bfloat16 matmul inputs (matmul_dtype: x, h, the weights and the
 gate gradients rounded, sums, the cell state and the gradients in float32, as the pure-JAX recurrence does;
 bfloat16 only where oneDNN has a fast bfloat16 matmul, a CPU with AVX-512: `computes`); everywhere else, on a
 GPU too, training runs the pure-JAX scan of tweetbot.runtime.model unchanged. The forward keeps the activated
@@ -80,6 +80,20 @@ def _buffer(time: int, batch: int, hidden: int, dtype, which: int) -> jax.ShapeD
     return jax.ShapeDtypeStruct((sizes[which],), np.uint8)
 
 
+def _layer_outputs(time: int, batch: int, hidden: int, dtype) -> tuple:
+    """What both forward calls return first: hs [T, B, H] and h [B, H] in the matmul dtype, c [B, H] in f32."""
+    return (
+        jax.ShapeDtypeStruct((time, batch, hidden), dtype),
+        jax.ShapeDtypeStruct((batch, hidden), jnp.float32),
+        jax.ShapeDtypeStruct((batch, hidden), dtype),
+    )
+
+
+def _as_recurrence(hs, c, h):
+    """The recurrences' contract, all float32: ((c, h), hs)."""
+    return (c, h.astype(jnp.float32)), hs.astype(jnp.float32)
+
+
 def _forward(x, w_x, w_h, b, carry, dtype):
     """The kernel's forward: (hs, c, h, workspace), and the matmul inputs as it read them (rounded to `dtype`)."""
     dtype = jnp.dtype(dtype)
@@ -87,12 +101,7 @@ def _forward(x, w_x, w_h, b, carry, dtype):
     x, w_x, w_h, h0 = (a.astype(dtype) for a in (x, w_x, w_h, h0))
     time, batch, _ = x.shape
     hidden = h0.shape[-1]
-    outputs = (
-        jax.ShapeDtypeStruct((time, batch, hidden), dtype),
-        jax.ShapeDtypeStruct((batch, hidden), jnp.float32),
-        jax.ShapeDtypeStruct((batch, hidden), dtype),
-        _buffer(time, batch, hidden, dtype, 0),
-    )
+    outputs = (*_layer_outputs(time, batch, hidden, dtype), _buffer(time, batch, hidden, dtype, 0))
     hs, c, h, workspace = jax.ffi.ffi_call("tweetbot_lstm_forward", outputs)(x, w_x, w_h, b, c0, h0)
     return (hs, c, h, workspace), (x, w_x, w_h, h0)
 
@@ -101,13 +110,12 @@ def _forward(x, w_x, w_h, b, carry, dtype):
 def lstm(x, w_x, w_h, b, carry, dtype="float32"):
     """The same contract as tweetbot.runtime.model.lstm: ((c, h), hs), all float32."""
     (hs, c, h, _), _ = _forward(x, w_x, w_h, b, carry, dtype)
-    return (c, h.astype(jnp.float32)), hs.astype(jnp.float32)
+    return _as_recurrence(hs, c, h)
 
 
 def _lstm_fwd(x, w_x, w_h, b, carry, dtype):
     (hs, c, h, workspace), read = _forward(x, w_x, w_h, b, carry, dtype)
-    outputs = ((c, h.astype(jnp.float32)), hs.astype(jnp.float32))
-    return outputs, (*read, b, carry[0], hs, c, h, workspace)
+    return _as_recurrence(hs, c, h), (*read, b, carry[0], hs, c, h, workspace)
 
 
 def _lstm_bwd(dtype, residuals, cotangents):
@@ -133,7 +141,7 @@ def lstm_projected(z, w_h, carry, dtype="float32"):
     For the first layer, whose input is rows of embedding tables: projecting the small tables and gathering rows
     (CharRNN's `projected`) replaces the input matmul and, in the backward, the two matmuls of dx and dW_x."""
     (hs, c, h, _), _ = _projected_forward(z, w_h, carry, dtype)
-    return (c, h.astype(jnp.float32)), hs.astype(jnp.float32)
+    return _as_recurrence(hs, c, h)
 
 
 def _projected_forward(z, w_h, carry, dtype):
@@ -142,9 +150,7 @@ def _projected_forward(z, w_h, carry, dtype):
     w_h, h0 = w_h.astype(dtype), h0.astype(dtype)
     time, batch, hidden = *z.shape[:2], h0.shape[-1]
     outputs = (
-        jax.ShapeDtypeStruct((time, batch, hidden), dtype),
-        jax.ShapeDtypeStruct((batch, hidden), jnp.float32),
-        jax.ShapeDtypeStruct((batch, hidden), dtype),
+        *_layer_outputs(time, batch, hidden, dtype),
         jax.ShapeDtypeStruct(z.shape, jnp.float32),  # the gates, in z's own buffer
         _buffer(time, batch, hidden, dtype, 2),
     )
@@ -155,8 +161,7 @@ def _projected_forward(z, w_h, carry, dtype):
 
 def _projected_fwd(z, w_h, carry, dtype):
     (hs, c, h, workspace), (w_h, h0) = _projected_forward(z, w_h, carry, dtype)
-    outputs = ((c, h.astype(jnp.float32)), hs.astype(jnp.float32))
-    return outputs, (w_h, carry[0], h0, hs, workspace)
+    return _as_recurrence(hs, c, h), (w_h, carry[0], h0, hs, workspace)
 
 
 def _projected_bwd(dtype, residuals, cotangents):
