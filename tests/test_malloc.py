@@ -9,36 +9,23 @@ import pytest
 
 from tweetbot import malloc
 
-# Allocates, writes and frees a 200 MiB block on the main thread or, as XLA does, on a thread of its own.
 PROBE = """
-import os, sys, threading
+import os, sys
 import numpy as np
 from tweetbot import malloc
 kept = malloc.keep_freed_memory() if sys.argv[1] == "keep" else False
 resident = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2**20
-returned = []
-
-def allocate_and_free():
-    block = np.ones(200 * 2**20 // 8)  # every page written
-    before = resident()
-    del block
-    returned.append(before - resident())
-
-if sys.argv[2] == "thread":
-    worker = threading.Thread(target=allocate_and_free)
-    worker.start()
-    worker.join()
-else:
-    allocate_and_free()
-print(kept, returned[0])
+block = np.ones(200 * 2**20 // 8)  # 200 MiB, every page written
+before = resident()
+del block
+print(kept, before - resident())
 """
 
 
-def freed_mib(mode: str, environment: dict | None = None, on: str = "main") -> tuple[str, int]:
+def freed_mib(mode: str, environment: dict | None = None) -> tuple[str, int]:
     """What the probe process gave back of a freed 200 MiB block, in MiB (and whether it kept its memory)."""
     env = {**os.environ, **(environment or {})}
-    command = [sys.executable, "-c", PROBE, mode, on]
-    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, env=env)
     kept, returned_mib = out.stdout.split()
     return kept, int(returned_mib)
 
@@ -54,13 +41,5 @@ def test_freed_memory_stays_with_the_process_only_when_kept():
 
 
 @glibc_only
-def test_a_block_freed_on_another_thread_stays_too():
-    assert freed_mib("default", on="thread")[1] > 150
-    kept, returned = freed_mib("keep", on="thread")
-    assert kept == "True" and returned < 10
-
-
-@glibc_only
 def test_the_environment_form_keeps_memory_in_another_process():
     assert freed_mib("default", {"GLIBC_TUNABLES": malloc.TUNABLES})[1] < 10
-    assert freed_mib("default", {"GLIBC_TUNABLES": malloc.TUNABLES}, on="thread")[1] < 10

@@ -9,15 +9,12 @@ every step faults in and zeroes tens of megabytes of new pages. Measured side by
 pure-JAX scan 55K against 65K; at h512x3, where the matmuls dominate, even. Kept, the process holds its peak
 allocation until it ends, and a training process reaches that peak at every step anyway.
 
-XLA's threads allocate too, and each thread's first malloc gives it an arena of its own, whose heaps hold at most
-64 MiB: a larger block there is always mmapped and unmapped, whatever the threshold says. h512x3's temporaries
-are one block of 241 MiB, allocated on an XLA thread: 9% of the step went to the kernel faulting its pages in
-(perf, 2-core EPYC). One arena for the whole process (the main one, which grows as far as it needs) keeps those
-too; set before the first training step, it holds for XLA's threads, which take their arena at their first
-malloc. Shared, that arena must not keep "fast bins" of small freed blocks: every large request first merges them
-all back, which at h128x2, where the main thread frees many while XLA's threads allocate, cost 5% of the step.
-Python's small objects have their own allocator, so nothing else needs those bins. Interleaved processes on the
-2-core EPYC: h128x2 float32 +3.5%, bfloat16 -2.5% (within the noise), h512x3 float32 +6%.
+What this leaves: XLA's threads allocate from arenas of their own, whose heaps hold at most 64 MiB, so a larger
+block there is still mmapped every step (h512x3's temporaries, one block of 241 MiB: 9% of its step went to the
+kernel faulting pages in, perf on a 2-core EPYC). One arena for the whole process (M_ARENA_MAX 1, with fast bins
+off) keeps those too, but costs the default size more than it gives h512x3: in `make bench` on that EPYC,
+h128x2 float32 0.97-1.07x PyTorch in three runs against 1.13-1.16x without it, bfloat16 1.31-1.65x against
+1.75-1.95x, h512x3 float32 1.07-1.16x against 0.97-1.08x.
 """
 
 from __future__ import annotations
@@ -25,16 +22,13 @@ from __future__ import annotations
 import ctypes
 import platform
 
-M_MXFAST, M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = 1, -1, -3, -8  # glibc's malloc.h
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 # Blocks up to this size come from malloc's heap, not from mmap: XLA's temporaries of one step are a single
 # block, tens of megabytes at h128x2 and hundreds at h512x3.
 FROM_HEAP_UP_TO = 2**30
 NEVER_TRIM = 2**31 - 1  # bytes free at the top of the heap before malloc returns them
 # The same settings for another process, through its environment (the benchmark gives them to PyTorch).
-TUNABLES = (
-    f"glibc.malloc.trim_threshold={NEVER_TRIM}:glibc.malloc.mmap_threshold={FROM_HEAP_UP_TO}"
-    ":glibc.malloc.arena_max=1:glibc.malloc.mxfast=0"
-)
+TUNABLES = f"glibc.malloc.trim_threshold={NEVER_TRIM}:glibc.malloc.mmap_threshold={FROM_HEAP_UP_TO}"
 
 
 def keep_freed_memory() -> bool:
@@ -42,5 +36,4 @@ def keep_freed_memory() -> bool:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)
-    settings = ((M_TRIM_THRESHOLD, NEVER_TRIM), (M_MMAP_THRESHOLD, FROM_HEAP_UP_TO), (M_ARENA_MAX, 1), (M_MXFAST, 0))
-    return all([libc.mallopt(option, value) for option, value in settings])
+    return bool(libc.mallopt(M_TRIM_THRESHOLD, NEVER_TRIM) and libc.mallopt(M_MMAP_THRESHOLD, FROM_HEAP_UP_TO))
