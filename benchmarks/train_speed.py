@@ -32,7 +32,7 @@ HERE = Path(__file__).parent
 TORCH_PYTHON = HERE / ".venv-torch" / "bin" / "python"
 SIZES = [(128, 2), (512, 3)]
 VOCAB, SEQ, BATCH = 96, 64, 64
-ROUNDS, SECONDS = 3, 3.0
+ROUNDS, SECONDS = 5, 3.0  # 5: on a 2-core VM the rate moves by 10% from round to round
 GOAL = 1.1
 
 
