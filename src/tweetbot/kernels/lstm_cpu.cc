@@ -111,6 +111,33 @@ struct MatMul {
   }
 };
 
+// One matmul run again and again on other A and C, as a time step's is: its arguments are made once and
+// re-pointed at each run, where Run makes oneDNN memory objects and an argument map afresh every time.
+class Repeated {
+ public:
+  Repeated(const MatMul& matmul, const memory& b)
+      : matmul_(matmul),
+        a_(matmul.pd.src_desc(), Engine(), DNNL_MEMORY_NONE),
+        c_(matmul.pd.dst_desc(), Engine(), DNNL_MEMORY_NONE),
+        scratch_(matmul.scratch_bytes) {
+    args_ = {{DNNL_ARG_SRC, a_},
+             {DNNL_ARG_WEIGHTS, b},
+             {DNNL_ARG_DST, c_},
+             {DNNL_ARG_SCRATCHPAD, memory(matmul.pd.scratchpad_desc(), Engine(), scratch_.data())}};
+  }
+  void Run(dnnl::stream& stream, const void* a, void* c) {
+    a_.set_data_handle(const_cast<void*>(a));
+    c_.set_data_handle(c);
+    matmul_.primitive.execute(stream, args_);
+  }
+
+ private:
+  const MatMul& matmul_;
+  memory a_, c_;
+  std::vector<char> scratch_;
+  std::unordered_map<int, memory> args_;
+};
+
 using Key = std::tuple<int64_t, int64_t, int64_t, Type, bool, bool, bool, bool, bool>;
 const MatMul& GetMatMul(int64_t M, int64_t K, int64_t N, Type type, bool a_t, bool b_t, bool bias, bool accumulate,
                         bool packed) {
@@ -266,10 +293,11 @@ template <typename E>  // the matmul input type: float, or bf16
 void ForwardRows(int64_t T, int64_t B, int64_t H, int64_t r0, int64_t r1, const MatMul& step, const memory& w_h,
                  const E* h0, const float* c0, float* gates, float* cs, float* tanh_cs, E* hs, dnnl::stream& stream) {
   const int64_t G = 4 * H, rows = r1 - r0;
+  Repeated z_plus_h_w_h(step, w_h);
   for (int64_t t = 0; t < T; ++t) {
     float* z = gates + (t * B + r0) * G;
     const E* h_prev = t ? hs + ((t - 1) * B + r0) * H : h0 + r0 * H;
-    step.Run(stream, h_prev, w_h, z);  // z += h_prev W_h
+    z_plus_h_w_h.Run(stream, h_prev, z);  // z += h_prev W_h
     const float* c_prev = t ? cs + ((t - 1) * B + r0) * H : c0 + r0 * H;
     float* c = cs + (t * B + r0) * H;
     float* tanh_c = tanh_cs + (t * B + r0) * H;
@@ -287,6 +315,7 @@ void BackwardRows(int64_t T, int64_t B, int64_t H, int64_t r0, int64_t r1, const
                   float* dc, float* dh, E* dz_all, float* exact_all, float* db, dnnl::stream& stream) {
   const int64_t G = 4 * H, rows = r1 - r0;
   std::fill(db, db + G, 0.f);
+  Repeated dz_w_h_t(step, w_h_t);
   for (int64_t t = T - 1; t >= 0; --t) {
     const float* gate = gates + (t * B + r0) * G;
     const float* c_before = t ? cs + ((t - 1) * B + r0) * H : c0 + r0 * H;
@@ -301,7 +330,7 @@ void BackwardRows(int64_t T, int64_t B, int64_t H, int64_t r0, int64_t r1, const
                               dc + r * H, dh + r * H, dzr, dzr + H, dzr + 2 * H, dzr + 3 * H, xr, xr + H, xr + 2 * H,
                               xr + 3 * H, db, db + H, db + 2 * H, db + 3 * H);
     }
-    step.Run(stream, dz, w_h_t, dh);  // dh = dz W_hᵀ, what flows into step t - 1
+    dz_w_h_t.Run(stream, dz, dh);  // dh = dz W_hᵀ, what flows into step t - 1
   }
 }
 
