@@ -95,19 +95,16 @@ struct MatMul {
   }
   int64_t packed_bytes() const { return int64_t(pd.weights_desc().get_size()); }
 
-  void Run(dnnl::stream& stream, const void* a, const memory& b, void* c, const float* bias = nullptr) const {
+  void Run(dnnl::stream& stream, const void* a, const void* b, void* c, const float* bias = nullptr) const {
     thread_local std::vector<char> scratch;  // each thread's own, kept from call to call
     if (scratch.size() < scratch_bytes) scratch.resize(scratch_bytes);
     std::unordered_map<int, memory> args = {
         {DNNL_ARG_SRC, memory(pd.src_desc(), Engine(), const_cast<void*>(a))},
-        {DNNL_ARG_WEIGHTS, b},
+        {DNNL_ARG_WEIGHTS, memory(pd.weights_desc(), Engine(), const_cast<void*>(b))},
         {DNNL_ARG_DST, memory(pd.dst_desc(), Engine(), c)},
         {DNNL_ARG_SCRATCHPAD, memory(pd.scratchpad_desc(), Engine(), scratch.data())}};
     if (bias) args[DNNL_ARG_BIAS] = memory(pd.bias_desc(), Engine(), const_cast<float*>(bias));
     primitive.execute(stream, args);
-  }
-  void Run(dnnl::stream& stream, const void* a, const void* b, void* c, const float* bias = nullptr) const {
-    Run(stream, a, memory(pd.weights_desc(), Engine(), const_cast<void*>(b)), c, bias);
   }
 };
 
