@@ -12,9 +12,10 @@ allocation until it ends, and a training process reaches that peak at every step
 What this leaves: XLA's threads allocate from arenas of their own, whose heaps hold at most 64 MiB, so a larger
 block there is still mmapped every step (h512x3's temporaries, one block of 241 MiB: 9% of its step went to the
 kernel faulting pages in, perf on a 2-core EPYC). One arena for the whole process (M_ARENA_MAX 1, with fast bins
-off) keeps those too, but costs the default size more than it gives h512x3: in `make bench` on that EPYC,
-h128x2 float32 0.97-1.07x PyTorch in three runs against 1.13-1.16x without it, bfloat16 1.31-1.65x against
-1.75-1.95x, h512x3 float32 1.07-1.16x against 0.97-1.08x.
+off) keeps those too, and h512x3 gains from it, but the default size loses, and the default size is what most
+training runs: in `make bench` on that EPYC, h128x2 float32 0.97-1.08x PyTorch in four runs (median 1.03)
+against 1.05-1.16x in five runs without it (1.11), bfloat16 1.31-1.65x (1.52) against 1.32-1.95x (1.56),
+h512x3 float32 1.07-1.17x (1.14) against 0.96-1.08x (0.98). So it is not set.
 """
 
 from __future__ import annotations
