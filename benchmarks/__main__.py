@@ -3,8 +3,9 @@
 A benchmark is a module `benchmarks/NAME_speed.py` with `main() -> dict`:
     {"title": "...", "rows": [{"column": value, ...}, ...], "notes": ["...", ...]}   (notes optional)
 The results go to `benchmarks/results/NAME.json` (with the machine it ran on) and `NAME.md` (markdown).
-With no NAME every benchmark runs, one after the other. To add one, drop in a new `*_speed.py`: this runner
-finds it, so nobody edits this file for it (the sampler's and the trainer's benchmarks share it this way).
+With no NAME every benchmark runs, one after the other, each in a process of its own. To add one, drop in a new
+`*_speed.py`: this runner finds it, so nobody edits this file for it (the sampler's and the trainer's benchmarks
+share it this way).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import importlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,9 +58,12 @@ def save(name: str, result: dict) -> None:
 
 def main(names: list[str]) -> None:
     names = names or sorted(path.stem.removesuffix("_speed") for path in HERE.glob("*_speed.py"))
-    for name in names:
-        print(f"running benchmarks/{name}_speed.py ...", flush=True)
-        save(name, importlib.import_module(f"benchmarks.{name}_speed").main())
+    if len(names) == 1:
+        print(f"running benchmarks/{names[0]}_speed.py ...", flush=True)
+        save(names[0], importlib.import_module(f"benchmarks.{names[0]}_speed").main())
+        return
+    for name in names:  # each in a process of its own, set up as the process it measures would be (tweetbot.malloc)
+        subprocess.run([sys.executable, "-m", "benchmarks", name], check=True)
 
 
 if __name__ == "__main__":

@@ -43,3 +43,33 @@ def test_freed_memory_stays_with_the_process_only_when_kept():
 @glibc_only
 def test_the_environment_form_keeps_memory_in_another_process():
     assert freed_mib("default", {"GLIBC_TUNABLES": malloc.TUNABLES})[1] < 10
+
+
+STEP_PROBE = """
+import os, resource, sys
+import jax, jax.numpy as jnp
+from tweetbot import malloc
+if sys.argv[1] == "keep":
+    malloc.keep_freed_memory()
+faulted = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt * os.sysconf("SC_PAGE_SIZE") // 2**20
+w, x = jnp.full((512, 8192), 1 / 512), jnp.ones((4096, 512))
+step = jax.jit(lambda x: jnp.tanh(x @ w) @ w.T)  # its temporary: one block of 128 MiB, over a thread arena's cap
+for _ in range(3):  # compiled, and its memory allocated once
+    x = step(x).block_until_ready()
+before = faulted()
+for _ in range(5):
+    x = step(x).block_until_ready()
+print((faulted() - before) // 5)
+"""
+
+
+def faulted_mib_per_step(mode: str) -> int:
+    """MiB of new pages a steady jitted step with a 128 MiB temporary faults in, in a process of its own."""
+    out = subprocess.run([sys.executable, "-c", STEP_PROBE, mode], capture_output=True, text=True, check=True)
+    return int(out.stdout)
+
+
+@glibc_only
+def test_a_jitted_step_reuses_its_large_temporaries_only_when_kept():
+    assert faulted_mib_per_step("default") > 100  # the 128 MiB block, mmapped afresh at every step
+    assert faulted_mib_per_step("keep") < 16
