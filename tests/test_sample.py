@@ -193,7 +193,7 @@ def plain_filter(logits: np.ndarray, top_k: int, top_p: float) -> tuple[set[int]
     shortest run from the top whose probability reaches top_p, widened to every logit tied with its last. Also the
     ones a float32 sum may place either way: within the top k, with larger ones that weigh within 1e-5 of top_p."""
     if top_k:
-        logits = np.where(logits >= np.sort(logits)[::-1][top_k - 1], logits, -np.inf)
+        logits = np.where(logits >= np.sort(logits)[::-1][min(top_k, len(logits)) - 1], logits, -np.inf)
     probs = np.exp(logits.astype(np.float64) - logits.max())
     probs /= probs.sum()
     order = np.argsort(-logits, kind="stable")
@@ -209,12 +209,14 @@ def plain_filter(logits: np.ndarray, top_k: int, top_p: float) -> tuple[set[int]
 def test_filter_logits_matches_a_plain_reference(ties):
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(64, 97)).astype(np.float32) * rng.uniform(0.1, 20, size=(64, 1)).astype(np.float32)
+    logits[2:4] /= np.abs(logits[2:4]).max(axis=-1, keepdims=True) / 3  # none so unlikely that a sum rounds it off
     if ties:  # whole numbers: many ties, some of them at a cut
         logits = np.round(logits)
     logits[:, 3] = -np.inf  # as `draw` sets the unknown symbol's
     top_k = np.where(rng.random(64) < 0.5, 0, rng.integers(1, 97, 64)).astype(np.int32)
     top_p = np.where(rng.random(64) < 0.3, 1.0, rng.uniform(0.05, 1, 64)).astype(np.float32)
     top_k[:2], top_p[:2] = 0, 1.0  # rows that ask for no cut beside rows that do
+    top_k[2:4], top_p[2:4] = 1000, 1.0  # as the service allows: a k past the vocabulary keeps every logit
     kept = np.isfinite(np.asarray(filter_logits(jnp.asarray(logits), jnp.asarray(top_k), jnp.asarray(top_p))))
     for row in range(64):
         expected, unsure = plain_filter(logits[row], top_k[row], top_p[row])

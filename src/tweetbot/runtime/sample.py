@@ -83,7 +83,8 @@ def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.
     than its model step, while a bisection step is one fused pass over [B, V].
     """
     key = ordered_int(logits)
-    k = jnp.where(top_k > 0, top_k, logits.shape[-1])[:, None]
+    vocab_size = logits.shape[-1]
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab_size), vocab_size)[:, None]  # a k past V keeps all
 
     def kth_largest() -> jax.Array:  # fewer than k logits lie above it
         return lowest_passing(key, lambda v: jnp.sum(key > v, axis=-1, keepdims=True) < k)
