@@ -21,13 +21,13 @@ ROUNDS, SECONDS = 3, 3.0
 
 def serve_measurements() -> None:
     """The child: build the trainers, say "ready", then answer each line on stdin with {name: chars/s}."""
-    from benchmarks.train_speed import VOCAB, jax_trainer
+    from benchmarks.train_speed import SIZES, VOCAB, jax_trainer
     from tweetbot import malloc, train
     from tweetbot.params import TrainParams
 
     malloc.keep_freed_memory()  # as train.run does
     trainers = {}
-    for rnn_size, num_layers in [(128, 2), (512, 3)]:
+    for rnn_size, num_layers in SIZES:
         params = TrainParams(rnn_size=rnn_size, num_layers=num_layers, matmul_dtype="float32", length_input=False)
         model = train.build_model(params, VOCAB)
         trainers[f"h{rnn_size}x{num_layers} kernel"] = jax_trainer(model)
